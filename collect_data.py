@@ -352,6 +352,7 @@ def train_sac(args, task_ids, tasks, device, writer, recorder=None):
     running, recent = np.zeros(n), [[] for _ in range(n)]
     label = f"[{args.env} tasks {task_ids[0]}..{task_ids[-1]}]"
     start_time = time.time()
+    last_log = (0, start_time)
     for global_step in range(args.sac_steps):
         if global_step < args.learning_starts:
             actions = np.stack([env.action_space.sample() for env in envs])
@@ -383,7 +384,9 @@ def train_sac(args, task_ids, tasks, device, writer, recorder=None):
                 actor = task_slice(agent.actor.state_dict(), j)
                 atomic_write(os.path.join(sac_dir(args, i), f"actor_step{step}.pt"), lambda p: torch.save(actor, p), suffix=".pt")
         if step % args.log_every == 0 or step == args.sac_steps:
-            sps = step / (time.time() - start_time)
+            now = time.time()
+            sps = (step - last_log[0]) / (now - last_log[1])  # over the last interval, so the ETA follows the update phase
+            last_log = (step, now)
             mean_recent = np.mean([np.mean(r) for r in recent if r]) if any(recent) else float("nan")
             eta = (args.sac_steps - step) / sps
             print(

@@ -127,15 +127,6 @@ class OfflineDataset:
         return self.metadata["act_dim"]
 
 
-def load_metadata(env: str, behavior: str = "expert", root: str = "data") -> dict:
-    path = os.path.join(dataset_dir(root, env, behavior), "metadata.json")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON ({e}); recollect it with: {collect_command(env, behavior, root, 20, 1337)}")
-
-
 def load_dataset(
     env: str,
     behavior: str = "expert",
@@ -152,8 +143,12 @@ def load_dataset(
     folder = dataset_dir(root, env, behavior)
     if not os.path.exists(os.path.join(folder, "metadata.json")):
         raise DatasetError(f"no {behavior} dataset for {env} in {folder}; create it with:\n    {command}")
-    metadata = load_metadata(env, behavior, root)
     meta_path = os.path.join(folder, "metadata.json")
+    try:
+        with open(meta_path) as f:
+            metadata = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{meta_path}: not valid JSON ({e}); delete the folder and recollect with:\n    {command}")
     if metadata.get("format_version") != FORMAT_VERSION:
         raise DatasetError(f"{meta_path}: format version {metadata.get('format_version')}, this code reads {FORMAT_VERSION}")
     if metadata.get("env") != env or metadata.get("behavior") != behavior:
@@ -265,19 +260,21 @@ class TaskBatchSampler:
             "terminations": self.terminations[rows, index],
         }
 
-    def sample(self, task_idx: torch.Tensor, batch_size: int) -> dict:
+    def sample(self, task_idx: torch.Tensor, batch_size: int, generator: Optional[torch.Generator] = None) -> dict:
         """Transitions drawn uniformly with replacement from each task: every field is (len(task_idx), batch, dim)."""
-        u = torch.rand(len(task_idx), batch_size, device=self.device)
+        u = torch.rand(len(task_idx), batch_size, device=self.device, generator=generator)
         return self._gather(task_idx, (u * self.sizes[task_idx, None]).long())
 
-    def sample_context(self, task_idx: torch.Tensor, context_size: int, trajectory: bool = False) -> tuple:
+    def sample_context(
+        self, task_idx: torch.Tensor, context_size: int, trajectory: bool = False, generator: Optional[torch.Generator] = None
+    ) -> tuple:
         """A context per task: `context_size` random transitions, or the first `context_size` steps of one random
         episode. Returns (fields as in `sample`, mask of shape (len(task_idx), context_size, 1)); the mask is 0
         past the end of a short episode."""
         if not trajectory:
-            batch = self.sample(task_idx, context_size)
+            batch = self.sample(task_idx, context_size, generator)
             return batch, torch.ones(len(task_idx), context_size, 1, device=self.device)
-        u = torch.rand(len(task_idx), device=self.device)
+        u = torch.rand(len(task_idx), device=self.device, generator=generator)
         episode = (u * self.num_episodes[task_idx]).long()
         start = self.episode_starts[task_idx, episode]
         length = self.episode_lengths[task_idx, episode]

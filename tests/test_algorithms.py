@@ -1,0 +1,159 @@
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import focal  # noqa: E402
+import unicorn  # noqa: E402
+
+SCRIPTS = ["focal", "unicorn"]
+# past every warm-up: the actor is updated every 2nd step, losses logged every 10, evaluated at 20 and 40
+TINY = ["--env", "point-robot", "--n-tasks", "4", "--n-train", "2", "--total-steps", "40", "--eval-every", "20",
+        "--log-every", "10", "--eval-episodes", "2", "--meta-batch-size", "4", "--batch-size", "32"]
+REPRESENTATION_TAGS = {"focal": {"losses/focal_loss"}, "unicorn": {"losses/focal_loss", "losses/recon_loss"}}
+
+
+def run(script, cwd, *extra, check=True):
+    command = [sys.executable, os.path.join(ROOT, f"{script}.py"), *extra]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Expert data of a 4-task point-robot task set (2 train, 2 test), collected by collect_data.py itself."""
+    out = tmp_path_factory.mktemp("data")
+    command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--env", "point-robot", "--n-tasks", "4", "--n-train", "2",
+               "--out-dir", str(out), "--sac-steps", "300", "--learning-starts", "100", "--batch-size", "32",
+               "--num-trajectories", "6", "--random-episodes", "1", "--log-every", "300"]
+    result = subprocess.run(command, cwd=out, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    """One tiny training run per script: {script: (cwd, run_dir)}."""
+    runs = {}
+    for script in SCRIPTS:
+        cwd = tmp_path_factory.mktemp(script)
+        run(script, cwd, *TINY, "--data-dir", data_dir)
+        (run_dir,) = glob.glob(str(cwd / "runs" / f"point-robot__{script}__0__*"))
+        runs[script] = (cwd, run_dir)
+    return runs
+
+
+def load_results(run_dir):
+    with open(os.path.join(run_dir, "results.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_smoke_outputs(trained, script):
+    _, run_dir = trained[script]
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {"losses/qf1_loss", "losses/qf2_loss", "losses/actor_loss", "losses/bc_loss", "losses/representation_loss",
+                "charts/SPS", "eval/zero_shot/train_return", "eval/zero_shot/test_return", "eval/few_shot/train_return",
+                "eval/few_shot/test_return"} | REPRESENTATION_TAGS[script]
+    assert expected <= tags, expected - tags
+    assert [e.step for e in events.Scalars("eval/zero_shot/test_return")] == [20, 40]
+    assert [e.step for e in events.Scalars("losses/actor_loss")] == [10, 20, 30, 40]
+    results = load_results(run_dir)
+    assert results["algorithm"] == script and results["step"] == 40 == results["total_steps"]
+    for protocol in ("zero_shot", "few_shot"):
+        assert set(results[protocol]["train"]["per_task"]) == {"0", "1"}
+        assert set(results[protocol]["test"]["per_task"]) == {"2", "3"}
+        per_task = list(results[protocol]["test"]["per_task"].values())
+        assert results[protocol]["test"]["mean"] == pytest.approx(np.mean(per_task))
+        # point-robot rewards are negative distances: a 20-step return lies in (-20 * 2.9, 0)
+        assert all(-58 < r < 0 for r in per_task)
+    assert results["zero_shot"]["test"]["mean"] == pytest.approx(events.Scalars("eval/zero_shot/test_return")[-1].value)
+    checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+    assert checkpoint["algorithm"] == script and checkpoint["step"] == 40 and checkpoint["args"]["env"] == "point-robot"
+    assert {"actor", "qf1", "qf2", "qf1_target", "qf2_target", "actor_target", "encoder", "actor_optimizer",
+            "q_optimizer", "encoder_optimizer"} <= set(checkpoint["agent"])
+    assert checkpoint["obs_mean"].shape == checkpoint["obs_std"].shape == (2,)
+    with open(os.path.join(run_dir, "args.json")) as f:
+        assert json.load(f)["total_steps"] == 40
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_eval_only_reproduces_saved_numbers(trained, data_dir, script):
+    cwd, run_dir = trained[script]
+    run(script, cwd, "--env", "point-robot", "--data-dir", data_dir, "--eval-only", "--checkpoint",
+        os.path.join(run_dir, "checkpoint.pt"))
+    (eval_dir,) = glob.glob(str(cwd / "runs" / f"point-robot__{script}_eval__0__*"))
+    saved, reproduced = load_results(run_dir), load_results(eval_dir)
+    for protocol in ("zero_shot", "few_shot"):
+        assert reproduced[protocol] == saved[protocol]
+
+
+def test_same_seed_same_results(trained, data_dir, tmp_path):
+    run("unicorn", tmp_path, *TINY, "--data-dir", data_dir)
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__unicorn__0__*"))
+    first, second = load_results(trained["unicorn"][1]), load_results(run_dir)
+    for key in ("wall_time", "updates_per_second"):
+        first.pop(key), second.pop(key)
+    assert first == second
+
+
+def test_checkpoint_of_other_algorithm_or_env_is_refused(trained, data_dir, tmp_path):
+    focal_checkpoint = os.path.join(trained["focal"][1], "checkpoint.pt")
+    result = run("unicorn", tmp_path, "--eval-only", "--checkpoint", focal_checkpoint, "--data-dir", data_dir, check=False)
+    assert result.returncode != 0 and "is a checkpoint of 'focal', not of unicorn" in result.stderr
+    result = run("focal", tmp_path, "--env", "ant-dir", "--eval-only", "--checkpoint", focal_checkpoint, check=False)
+    assert result.returncode != 0 and "was trained on point-robot, not ant-dir" in result.stderr
+
+
+def test_missing_dataset_and_unknown_env(tmp_path):
+    result = run("focal", tmp_path, "--env", "cheetah-vel", "--data-dir", str(tmp_path), check=False)
+    assert result.returncode != 0 and "python collect_data.py --env cheetah-vel --behavior expert" in result.stderr
+    result = run("unicorn", tmp_path, "--env", "cheetah-speed", check=False)
+    assert result.returncode != 0 and "valid names are: point-robot" in result.stderr
+
+
+def test_focal_distance_loss_hand_computed():
+    z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    task_idx = torch.tensor([0, 1, 0, 1])
+    # pairs: (0,1) diff, d=0.5; (0,2) same, d=0; (0,3) diff, d=1; (1,2) diff, d=0.5; (1,3) same, d=0.5; (2,3) diff, d=1
+    positive = (math.sqrt(0 + 1e-3) + math.sqrt(0.5 + 1e-3)) / (2 + 1e-3)
+    negative = (1 / 0.6 + 1 / 1.1 + 1 / 0.6 + 1 / 1.1) / (4 + 1e-3)
+    for module in (focal, unicorn):
+        assert module.focal_distance_loss(z, task_idx).item() == pytest.approx(positive + negative, rel=1e-6)
+
+
+def test_gaussian_nll_hand_computed():
+    mean = torch.tensor([[1.0, 2.0]])
+    logvar = torch.tensor([[0.0, math.log(2.0)]])
+    target = torch.zeros(1, 2)
+    # ((1 - 0)^2 * e^0 + 0 + (2 - 0)^2 / 2 + log 2) / 2
+    assert unicorn.gaussian_nll(mean, logvar, target).item() == pytest.approx((1 + 2 + math.log(2)) / 2, rel=1e-6)
+
+
+def test_gaussian_head_soft_bounds_logvar():
+    head = unicorn.GaussianHead(3, 2, 8)
+    with torch.no_grad():
+        head.net[-1].bias.copy_(torch.tensor([0.0, 0.0, 100.0, -100.0]))
+    _, logvar = head(torch.zeros(1, 3))
+    assert logvar[0, 0].item() == pytest.approx(0.5, abs=1e-3)  # pushed to max_logvar
+    assert logvar[0, 1].item() == pytest.approx(-10.0, abs=1e-3)  # pushed to min_logvar
+    assert head.bound_loss().item() == pytest.approx(0.01 * (2 * 0.5 + 2 * 10.0))
+
+
+def test_masked_mean_and_empty_context():
+    codes = torch.tensor([[[1.0], [3.0], [100.0]], [[5.0], [7.0], [9.0]]])
+    mask = torch.tensor([[[1.0], [1.0], [0.0]], [[0.0], [0.0], [0.0]]])
+    np.testing.assert_allclose(unicorn.masked_mean(codes, mask).numpy(), [[2.0], [0.0]])
