@@ -6,7 +6,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import List, Literal, Optional
 
 import gymnasium as gym

@@ -2,7 +2,6 @@
 # Behavior Regularization", ICLR 2021), on GENTLE's TD3+BC backbone as the Meta-NF paper re-implements it.
 # Reference code: https://github.com/LanqingLi1993/FOCAL-ICLR (representation), https://github.com/LAMDA-RL/GENTLE (TD3+BC).
 # Docs and deviations from the reference code: docs/focal.md
-import json
 import os
 import random
 import time
@@ -293,12 +292,14 @@ def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device) ->
                 returns[j, episode] += rewards[j]
                 active[j] = not (terminated or truncated)
             if protocol == "zero_shot":
-                next_obs_t = (torch.as_tensor(next_obs, dtype=torch.float32, device=device) - mean) / std
-                step_inputs = torch.cat(
-                    [obs_t, torch.as_tensor(actions, device=device), torch.as_tensor(rewards, device=device)[:, None], next_obs_t], -1
-                )
+                transition = {
+                    "observations": obs_t,
+                    "actions": torch.as_tensor(actions, device=device),
+                    "rewards": torch.as_tensor(rewards, device=device)[:, None],
+                    "next_observations": (torch.as_tensor(next_obs, dtype=torch.float32, device=device) - mean) / std,
+                }
                 stepped_t = torch.as_tensor(stepped, dtype=torch.float32, device=device)[:, None]
-                code_sum += agent.context_codes(step_inputs) * stepped_t
+                code_sum += agent.context_codes(transition_inputs(transition)) * stepped_t
                 count += stepped_t
             obs = next_obs
     return returns.mean(1)

@@ -2,7 +2,6 @@
 # the self-supervised variant, on GENTLE's TD3+BC backbone as the Meta-NF paper re-implements it.
 # Reference code: https://github.com/betray12138/UNICORN (representation), https://github.com/LAMDA-RL/GENTLE (TD3+BC).
 # Docs and deviations from the reference code: docs/unicorn.md
-import json
 import os
 import random
 import time
@@ -149,6 +148,9 @@ class QNetwork(nn.Module):
         return self.net(torch.cat([obs, actions, z], -1))
 
 
+FIELDS = ("observations", "actions", "next_observations", "rewards")
+
+
 def transition_inputs(context: dict) -> torch.Tensor:
     return torch.cat([context["observations"], context["actions"], context["rewards"], context["next_observations"]], -1)
 
@@ -207,11 +209,11 @@ class Decoder(nn.Module):
         self.reward = GaussianHead(latent_dim + obs_dim + act_dim, 1, hidden_dim)
 
     def nll(self, z, context):
-        """Reconstruction NLL of every context transition under z (broadcast against the context): (..., context)."""
-        obs = context["observations"]
-        x = torch.cat([z.expand(*obs.shape[:-1], z.shape[-1]), obs, context["actions"]], -1)
-        delta = context["next_observations"] - obs
-        return gaussian_nll(*self.dynamics(x), delta) + gaussian_nll(*self.reward(x), context["rewards"])
+        """Reconstruction NLL of context transitions under codes z, the two broadcast against each other: (...,)."""
+        shape = torch.broadcast_shapes(z.shape[:-1], context["observations"].shape[:-1])
+        obs, actions, next_obs, rewards = (context[k].expand(*shape, -1) for k in FIELDS)
+        x = torch.cat([z.expand(*shape, -1), obs, actions], -1)
+        return gaussian_nll(*self.dynamics(x), next_obs - obs) + gaussian_nll(*self.reward(x), rewards)
 
     def bound_loss(self):
         return self.dynamics.bound_loss() + self.reward.bound_loss()
@@ -348,12 +350,14 @@ def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device) ->
                 returns[j, episode] += rewards[j]
                 active[j] = not (terminated or truncated)
             if protocol == "zero_shot":
-                next_obs_t = (torch.as_tensor(next_obs, dtype=torch.float32, device=device) - mean) / std
-                step_inputs = torch.cat(
-                    [obs_t, torch.as_tensor(actions, device=device), torch.as_tensor(rewards, device=device)[:, None], next_obs_t], -1
-                )
+                transition = {
+                    "observations": obs_t,
+                    "actions": torch.as_tensor(actions, device=device),
+                    "rewards": torch.as_tensor(rewards, device=device)[:, None],
+                    "next_observations": (torch.as_tensor(next_obs, dtype=torch.float32, device=device) - mean) / std,
+                }
                 stepped_t = torch.as_tensor(stepped, dtype=torch.float32, device=device)[:, None]
-                code_sum += agent.context_codes(step_inputs) * stepped_t
+                code_sum += agent.context_codes(transition_inputs(transition)) * stepped_t
                 count += stepped_t
             obs = next_obs
     return returns.mean(1)

@@ -211,20 +211,27 @@ class HalfCheetahTaskEnv(TaskMujocoEnv):
         return self._get_obs(), forward_reward - ctrl_cost, False, False, info
 
 
-class AntDirEnv(TaskMujocoEnv):
-    """r = v_xy . (cos t, sin t) - 0.5|a|^2 - w_c sum clip(cfrc_ext, -1, 1)^2 + 1; terminates unless 0.2 <= z <= 1."""
+class DirectionEnv(TaskMujocoEnv):
+    """A robot rewarded for moving along the unit vector (cos t, sin t) of its task's direction angle t."""
 
-    ctrl_cost_weight = 0.5
-    survive_reward = 1.0
-
-    def __init__(self, task: dict, contact_cost_weight: float = 0.0, **kwargs):
-        super().__init__("ant.xml", 5, 27, **kwargs)
+    def __init__(self, task: dict, xml_file: str, obs_dim: int, contact_cost_weight: float, **kwargs):
+        super().__init__(xml_file, 5, obs_dim, **kwargs)
         self.contact_cost_weight = contact_cost_weight
         self.set_task(task)
 
     def set_task(self, task: dict):
         self.task = {"direction": float(task["direction"])}
         self._unit = np.array([np.cos(self.task["direction"]), np.sin(self.task["direction"])])
+
+
+class AntDirEnv(DirectionEnv):
+    """r = v_xy . (cos t, sin t) - 0.5|a|^2 - w_c sum clip(cfrc_ext, -1, 1)^2 + 1; terminates unless 0.2 <= z <= 1."""
+
+    ctrl_cost_weight = 0.5
+    survive_reward = 1.0
+
+    def __init__(self, task: dict, contact_cost_weight: float = 0.0, **kwargs):
+        super().__init__(task, "ant.xml", 27, contact_cost_weight, **kwargs)
 
     def _get_obs(self):
         return np.concatenate([self.data.qpos[2:], self.data.qvel])
@@ -248,7 +255,7 @@ class AntDirEnv(TaskMujocoEnv):
         return self._get_obs(), reward, terminated, False, info
 
 
-class HumanoidDirEnv(TaskMujocoEnv):
+class HumanoidDirEnv(DirectionEnv):
     """r = 1.25 u.dp/dt - 0.1|ctrl|^2 - min(w_c |cfrc_ext|^2, 10) + 5 (p: centre of mass); terminates unless 1 <= z <= 2."""
 
     forward_reward_weight = 1.25
@@ -256,13 +263,7 @@ class HumanoidDirEnv(TaskMujocoEnv):
     alive_bonus = 5.0
 
     def __init__(self, task: dict, contact_cost_weight: float = 5e-7, **kwargs):
-        super().__init__("humanoid.xml", 5, 376, **kwargs)
-        self.contact_cost_weight = contact_cost_weight
-        self.set_task(task)
-
-    def set_task(self, task: dict):
-        self.task = {"direction": float(task["direction"])}
-        self._unit = np.array([np.cos(self.task["direction"]), np.sin(self.task["direction"])])
+        super().__init__(task, "humanoid.xml", 376, contact_cost_weight, **kwargs)
 
     def _get_obs(self):
         data = self.data

@@ -13,13 +13,18 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import focal  # noqa: E402
+import metanf  # noqa: E402
 import unicorn  # noqa: E402
 
-SCRIPTS = ["focal", "unicorn"]
+SCRIPTS = ["focal", "unicorn", "metanf"]
 # past every warm-up: the actor is updated every 2nd step, losses logged every 10, evaluated at 20 and 40
 TINY = ["--env", "point-robot", "--n-tasks", "4", "--n-train", "2", "--total-steps", "40", "--eval-every", "20",
         "--log-every", "10", "--eval-episodes", "2", "--meta-batch-size", "4", "--batch-size", "32"]
-REPRESENTATION_TAGS = {"focal": {"losses/focal_loss"}, "unicorn": {"losses/focal_loss", "losses/recon_loss"}}
+REPRESENTATION_TAGS = {
+    "focal": {"losses/focal_loss"},
+    "unicorn": {"losses/focal_loss", "losses/recon_loss"},
+    "metanf": {"losses/focal_loss", "losses/recon_loss"},
+}
 
 
 def run(script, cwd, *extra, check=True):
@@ -110,6 +115,16 @@ def test_same_seed_same_results(trained, data_dir, tmp_path):
     assert first == second
 
 
+def test_metanf_without_flow_and_selection_trains_exactly_unicorn(trained, data_dir, tmp_path):
+    run("metanf", tmp_path, *TINY, "--data-dir", data_dir, "--no-flow", "--no-selection")
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__metanf__0__*"))
+    ablation, reference = load_results(run_dir), load_results(trained["unicorn"][1])
+    for protocol in ("zero_shot", "few_shot"):
+        assert ablation[protocol] == reference[protocol]
+    # and the full method is a different model
+    assert load_results(trained["metanf"][1])["zero_shot"] != reference["zero_shot"]
+
+
 def test_checkpoint_of_other_algorithm_or_env_is_refused(trained, data_dir, tmp_path):
     focal_checkpoint = os.path.join(trained["focal"][1], "checkpoint.pt")
     result = run("unicorn", tmp_path, "--eval-only", "--checkpoint", focal_checkpoint, "--data-dir", data_dir, check=False)
@@ -131,7 +146,7 @@ def test_focal_distance_loss_hand_computed():
     # pairs: (0,1) diff, d=0.5; (0,2) same, d=0; (0,3) diff, d=1; (1,2) diff, d=0.5; (1,3) same, d=0.5; (2,3) diff, d=1
     positive = (math.sqrt(0 + 1e-3) + math.sqrt(0.5 + 1e-3)) / (2 + 1e-3)
     negative = (1 / 0.6 + 1 / 1.1 + 1 / 0.6 + 1 / 1.1) / (4 + 1e-3)
-    for module in (focal, unicorn):
+    for module in (focal, unicorn, metanf):
         assert module.focal_distance_loss(z, task_idx).item() == pytest.approx(positive + negative, rel=1e-6)
 
 

@@ -1,0 +1,652 @@
+# Meta-NF (Liu & Zhang, "Meta-Normalizing Flow for Data-Limited Offline Meta-Reinforcement Learning", AAAI 2026
+# student abstract): UNICORN's representation, a conditional normalizing-flow actor trained like TD3+BC, and test-time
+# selection of the task representation that best reconstructs the observed context. No public code; the representation
+# follows https://github.com/betray12138/UNICORN and the backbone https://github.com/LAMDA-RL/GENTLE.
+# Docs and every design choice the paper leaves open: docs/metanf.md
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+from common.datasets import DatasetError, TaskBatchSampler, atomic_write, atomic_write_json, load_dataset, normalization_stats
+from common.envs import ENV_NAMES, HORIZONS, make_env, train_test_split
+
+ALGORITHM = "metanf"
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    env: str = "point-robot"
+    """task family, one of: point-robot, cheetah-vel, cheetah-dir, ant-dir, humanoid-dir, hopper-params, walker-params"""
+    seed: int = 0
+    """seed of the experiment (networks, sampling, evaluation episodes)"""
+    data_dir: str = "data"
+    """root folder of the datasets made by collect_data.py"""
+    behavior: Literal["expert", "mixed", "replay"] = "expert"
+    """which dataset of the env to train on"""
+    total_steps: int = 200_000
+    """gradient steps"""
+    eval_every: int = 10_000
+    """gradient steps between evaluations (the last step is always evaluated)"""
+    eval_episodes: int = 3
+    """episodes per task and protocol at each evaluation; a task's score is their mean"""
+    log_every: int = 1_000
+    """gradient steps between loss logs (the only host synchronizations of the training loop)"""
+    device: str = "auto"
+    """torch device; auto: cuda when available"""
+    save_model: bool = True
+    """save a checkpoint (every network, optimizer and the normalization statistics) at each evaluation"""
+    checkpoint: Optional[str] = None
+    """a checkpoint.pt to resume training from, or to evaluate with --eval-only"""
+    eval_only: bool = False
+    """evaluate --checkpoint with both protocols and exit"""
+    torch_deterministic: bool = True
+    """if toggled, sets torch.backends.cudnn.deterministic=True"""
+    n_tasks: int = 20
+    """number of tasks in the task set (cheetah-dir: always 2)"""
+    task_seed: int = 1337
+    """seed of the task set"""
+    n_train: int = 10
+    """the first n_train tasks are the training tasks, the rest the test tasks"""
+
+    # Algorithm specific arguments
+    meta_batch_size: int = 16
+    """training tasks per gradient step, drawn with replacement (so FOCAL's same-task pairs exist)"""
+    batch_size: int = 256
+    """RL transitions per task of the meta-batch"""
+    context_size: Optional[int] = None
+    """transitions in a training context: the first steps of one offline episode (default: the horizon, 200; point-robot 20)"""
+    few_shot_context: Optional[int] = None
+    """few-shot protocol: offline transitions appended to the context before each episode (default: the horizon)"""
+    latent_dim: Optional[int] = None
+    """size of the task representation z (default: 5; 10 for hopper-params and walker-params)"""
+    hidden_dim: Optional[int] = None
+    """width of the 3 hidden layers of actor and critics (default: 256; 64 for point-robot)"""
+    encoder_hidden_dim: Optional[int] = None
+    """width of the 2 hidden layers of encoder and decoder (default: 64; 128 for hopper, walker and humanoid)"""
+    beta: Optional[float] = None
+    """weight of the FOCAL distance-metric loss (default: UNICORN's per-env value; 1.0 for point-robot and humanoid-dir)"""
+    flow: bool = True
+    """actor: the conditional normalizing flow (--no-flow: the backbone's tanh-Gaussian TD3+BC actor)"""
+    selection: bool = True
+    """zero-shot z: the code that best reconstructs the observed context (--no-selection: the mean code)"""
+    flow_blocks: int = 4
+    """flow: number of blocks (LU invertible linear + affine coupling)"""
+    flow_embedding_dim: int = 64
+    """flow: size of the shared (s, z) embedding that conditions every coupling"""
+    bc_weight: float = 1.0
+    """weight of the BC term: the negative log-likelihood of the dataset action (flow) or the MSE to it (--no-flow)"""
+    q_latent: Literal["sample", "zero"] = "sample"
+    """flow: the latent x of the actor's Q term, x ~ N(0, I) or x = 0"""
+    target_latent: Literal["zero", "sample"] = "zero"
+    """flow: critic target action tanh(f_target(0)) plus TD3's clipped noise, or tanh(f_target(x)) with x ~ N(0, I)"""
+    lr: float = 3e-4
+    """learning rate of actor, critics, encoder and decoder"""
+    gamma: Optional[float] = None
+    """discount factor (default: 0.99; 0.9 for point-robot)"""
+    tau: float = 0.005
+    """target smoothing coefficient"""
+    reward_scale: float = 5.0
+    """rewards are multiplied by this in the critic target"""
+    alpha: float = 2.5
+    """TD3+BC: lambda = alpha / mean|min(Q1, Q2)|"""
+    policy_noise: float = 0.2
+    """std of the target policy smoothing noise"""
+    noise_clip: float = 0.5
+    """range of the target policy smoothing noise"""
+    policy_frequency: int = 2
+    """actor and target networks are updated every policy_frequency critic updates"""
+
+
+def apply_env_defaults(args: Args) -> Args:
+    point = args.env == "point-robot"
+    args.context_size = args.context_size or HORIZONS[args.env]
+    args.few_shot_context = args.few_shot_context or HORIZONS[args.env]
+    args.latent_dim = args.latent_dim or (10 if args.env in ("hopper-params", "walker-params") else 5)
+    args.hidden_dim = args.hidden_dim or (64 if point else 256)
+    args.gamma = args.gamma if args.gamma is not None else (0.9 if point else 0.99)
+    args.encoder_hidden_dim = args.encoder_hidden_dim or (
+        128 if args.env in ("hopper-params", "walker-params", "humanoid-dir") else 64
+    )
+    unicorn_beta = {"cheetah-vel": 0.15, "cheetah-dir": 0.01, "ant-dir": 0.15, "hopper-params": 1.5, "walker-params": 0.7}
+    args.beta = args.beta if args.beta is not None else unicorn_beta.get(args.env, 1.0)
+    return args
+
+
+def mlp(in_dim, out_dim, hidden_dim, n_hidden):
+    layers, dim = [], in_dim
+    for _ in range(n_hidden):
+        layers += [nn.Linear(dim, hidden_dim), nn.ReLU()]
+        dim = hidden_dim
+    return nn.Sequential(*layers, nn.Linear(dim, out_dim))
+
+
+LOG_STD_MAX = 0
+LOG_STD_MIN = -20
+
+
+class Actor(nn.Module):
+    """tanh-Gaussian policy on [s, z]; TD3+BC trains its reparameterized sample and acts with tanh(mean)."""
+
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(obs_dim + latent_dim, 2 * act_dim, hidden_dim, 3)
+
+    def forward(self, obs, z):
+        mean, log_std = self.net(torch.cat([obs, z], -1)).chunk(2, -1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, obs, z):
+        mean, log_std = self(obs, z)
+        return torch.tanh(mean + log_std.exp() * torch.randn_like(mean))
+
+    def act(self, obs, z):
+        return torch.tanh(self(obs, z)[0])
+
+
+class InvertibleLinear(nn.Module):
+    """y = W x with W = P L (U + diag(sign * exp(log_scale))): LU-parameterized (Glow), orthogonal at init."""
+
+    def __init__(self, dim):
+        super().__init__()
+        weight, _ = torch.linalg.qr(torch.randn(dim, dim))
+        permutation, lower, upper = torch.linalg.lu(weight)
+        diagonal = torch.diagonal(upper)
+        self.register_buffer("permutation", permutation)
+        self.register_buffer("sign", torch.sign(diagonal))
+        self.register_buffer("strict_lower", torch.tril(torch.ones(dim, dim), -1))
+        self.lower = nn.Parameter(lower)
+        self.upper = nn.Parameter(torch.triu(upper, 1))
+        self.log_scale = nn.Parameter(diagonal.abs().log())
+
+    def factors(self):
+        eye = torch.eye(len(self.sign), device=self.sign.device)
+        lower = self.lower * self.strict_lower + eye
+        upper = self.upper * self.strict_lower.T + torch.diag(self.sign * self.log_scale.exp())
+        return lower, upper
+
+    def forward(self, x):
+        lower, upper = self.factors()
+        return x @ (self.permutation @ lower @ upper).T, self.log_scale.sum().expand(x.shape[:-1])
+
+    def inverse(self, y):
+        lower, upper = self.factors()
+        flat = (y.reshape(-1, y.shape[-1]) @ self.permutation).T  # P^T y, one column per row of y
+        flat = torch.linalg.solve_triangular(lower, flat, upper=False, unitriangular=True)
+        x = torch.linalg.solve_triangular(upper, flat, upper=True).T.reshape(y.shape)
+        return x, -self.log_scale.sum().expand(y.shape[:-1])
+
+
+class AffineCoupling(nn.Module):
+    """u2 <- u2 exp(log_s) + t with (log_s, t) from [u1, c]; log_s = scale * tanh(.) is bounded (CNF), the last layer is
+    zero-initialized so the block starts as the identity. For a 1-D action u1 is empty and (log_s, t) depend on c."""
+
+    def __init__(self, dim, cond_dim, hidden_dim):
+        super().__init__()
+        self.split = (dim + 1) // 2 if dim > 1 else 0
+        self.net = mlp(self.split + cond_dim, 2 * (dim - self.split), hidden_dim, 2)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        self.scale = nn.Parameter(torch.ones(dim - self.split))
+
+    def params(self, u1, c):
+        raw_log_s, t = self.net(torch.cat([u1, c], -1)).chunk(2, -1)
+        return self.scale * torch.tanh(raw_log_s), t
+
+    def forward(self, u, c):
+        u1, u2 = u[..., : self.split], u[..., self.split :]
+        log_s, t = self.params(u1, c)
+        return torch.cat([u1, u2 * log_s.exp() + t], -1), log_s.sum(-1)
+
+    def inverse(self, y, c):
+        y1, y2 = y[..., : self.split], y[..., self.split :]
+        log_s, t = self.params(y1, c)
+        return torch.cat([y1, (y2 - t) * (-log_s).exp()], -1), -log_s.sum(-1)
+
+
+class FlowActor(nn.Module):
+    """a = tanh(f(x; s, z)), x ~ N(0, I): K blocks of invertible linear + affine coupling conditioned on a shared (s, z)
+    embedding; log pi(a) = log N(x) + log|det df^-1/du| - sum log(1 - a^2 + 1e-6). Acts with tanh(f(0; s, z))."""
+
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim, n_blocks, embedding_dim):
+        super().__init__()
+        self.act_dim = act_dim
+        self.embedding = mlp(obs_dim + latent_dim, embedding_dim, hidden_dim, 2)
+        self.linears = nn.ModuleList(InvertibleLinear(act_dim) for _ in range(n_blocks))
+        self.couplings = nn.ModuleList(AffineCoupling(act_dim, embedding_dim, hidden_dim) for _ in range(n_blocks))
+
+    def transform(self, x, c):
+        """x -> u = f(x; c) (pre-tanh), with log|det df/dx|."""
+        log_det = torch.zeros(x.shape[:-1], device=x.device)
+        for linear, coupling in zip(self.linears, self.couplings):
+            x, ld_linear = linear(x)
+            x, ld_coupling = coupling(x, c)
+            log_det = log_det + ld_linear + ld_coupling
+        return x, log_det
+
+    def inverse(self, u, c):
+        """u -> x = f^-1(u; c), with log|det df^-1/du|."""
+        log_det = torch.zeros(u.shape[:-1], device=u.device)
+        for linear, coupling in zip(reversed(self.linears), reversed(self.couplings)):
+            u, ld_coupling = coupling.inverse(u, c)
+            u, ld_linear = linear.inverse(u)
+            log_det = log_det + ld_coupling + ld_linear
+        return u, log_det
+
+    def sample(self, obs, z):
+        c = self.embedding(torch.cat([obs, z], -1))
+        return torch.tanh(self.transform(torch.randn(*c.shape[:-1], self.act_dim, device=c.device), c)[0])
+
+    def act(self, obs, z):
+        c = self.embedding(torch.cat([obs, z], -1))
+        return torch.tanh(self.transform(torch.zeros(*c.shape[:-1], self.act_dim, device=c.device), c)[0])
+
+    def log_prob(self, obs, z, actions):
+        c = self.embedding(torch.cat([obs, z], -1))
+        actions = actions.clamp(-1 + 1e-5, 1 - 1e-5)
+        x, log_det = self.inverse(torch.atanh(actions), c)
+        log_base = -0.5 * (x**2).sum(-1) - 0.5 * self.act_dim * math.log(2 * math.pi)
+        return log_base + log_det - torch.log(1 - actions**2 + 1e-6).sum(-1)
+
+
+class QNetwork(nn.Module):
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim + latent_dim, 1, hidden_dim, 3)
+
+    def forward(self, obs, actions, z):
+        return self.net(torch.cat([obs, actions, z], -1))
+
+
+FIELDS = ("observations", "actions", "next_observations", "rewards")
+
+
+def transition_inputs(context: dict) -> torch.Tensor:
+    return torch.cat([context["observations"], context["actions"], context["rewards"], context["next_observations"]], -1)
+
+
+def masked_mean(codes, mask):
+    """Mean over the context dimension (-2) of the entries where mask is 1; zeros for an empty context."""
+    return (codes * mask).sum(-2) / mask.sum(-2).clamp(min=1)
+
+
+class Encoder(nn.Module):
+    """Per-transition code tanh(f(s, a, r, s') + noise), with UNICORN's learned noise variance (in [0.1, 10]) in
+    training and none at evaluation; a context's z is the mean of its codes."""
+
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(2 * obs_dim + act_dim + 1, latent_dim, hidden_dim, 2)
+        self.noise_logvar = nn.Parameter(torch.zeros(latent_dim))
+
+    def forward(self, transitions, sample_noise: bool):
+        mean = self.net(transitions)
+        if not sample_noise:
+            return torch.tanh(mean)
+        std = self.noise_logvar.exp().clamp(0.1, 10.0).sqrt()
+        return torch.tanh(mean + std * torch.randn_like(mean))
+
+
+class GaussianHead(nn.Module):
+    """mbrl-lib's GaussianMLP (2 hidden layers): mean and log-variance, soft-bounded by learned limits."""
+
+    def __init__(self, in_dim, out_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(in_dim, 2 * out_dim, hidden_dim, 2)
+        self.max_logvar = nn.Parameter(torch.full((out_dim,), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((out_dim,), -10.0))
+
+    def forward(self, x):
+        mean, logvar = self.net(x).chunk(2, -1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        return mean, self.min_logvar + F.softplus(logvar - self.min_logvar)
+
+    def bound_loss(self):
+        return 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
+
+
+def gaussian_nll(mean, logvar, target):
+    """mbrl-lib's gaussian_nll per row: mean over dims of (mean - target)^2 exp(-logvar) + logvar (no 1/2, no log 2pi)."""
+    return ((mean - target) ** 2 * torch.exp(-logvar) + logvar).mean(-1)
+
+
+class Decoder(nn.Module):
+    """Reconstructs each context transition's (s' - s, r) from [z, s, a] with two Gaussian heads."""
+
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
+        super().__init__()
+        self.dynamics = GaussianHead(latent_dim + obs_dim + act_dim, obs_dim, hidden_dim)
+        self.reward = GaussianHead(latent_dim + obs_dim + act_dim, 1, hidden_dim)
+
+    def nll(self, z, context):
+        """Reconstruction NLL of context transitions under codes z, the two broadcast against each other: (...,)."""
+        shape = torch.broadcast_shapes(z.shape[:-1], context["observations"].shape[:-1])
+        obs, actions, next_obs, rewards = (context[k].expand(*shape, -1) for k in FIELDS)
+        x = torch.cat([z.expand(*shape, -1), obs, actions], -1)
+        return gaussian_nll(*self.dynamics(x), next_obs - obs) + gaussian_nll(*self.reward(x), rewards)
+
+    def bound_loss(self):
+        return self.dynamics.bound_loss() + self.reward.bound_loss()
+
+
+def focal_distance_loss(z, task_idx):
+    """FOCAL's distance-metric loss as its code computes it, over the pairs k < l of a meta-batch's z (M, D):
+    same task: sqrt(d + 1e-3); different tasks: 1 / (d + 0.1), with d the mean squared difference per dimension;
+    each sum divided by its number of pairs (+1e-3)."""
+    d = ((z[:, None] - z[None]) ** 2).mean(-1)
+    upper = torch.ones_like(d, dtype=torch.bool).triu(diagonal=1)
+    same = task_idx[:, None] == task_idx[None]
+    positive, negative = (upper & same).float(), (upper & ~same).float()
+    positive_loss = (torch.sqrt(d + 1e-3) * positive).sum() / (positive.sum() + 1e-3)
+    negative_loss = (1.0 / (d + 0.1) * negative).sum() / (negative.sum() + 1e-3)
+    return positive_loss + negative_loss
+
+
+class MetaNF:
+    def __init__(self, obs_dim, act_dim, args: Args, device):
+        self.args = args
+        latent, hidden = args.latent_dim, args.hidden_dim
+        self.encoder = Encoder(obs_dim, act_dim, latent, args.encoder_hidden_dim).to(device)
+        self.decoder = Decoder(obs_dim, act_dim, latent, args.encoder_hidden_dim).to(device)
+        if args.flow:
+            flow_args = (obs_dim, act_dim, latent, hidden, args.flow_blocks, args.flow_embedding_dim)
+            self.actor, self.actor_target = FlowActor(*flow_args).to(device), FlowActor(*flow_args).to(device)
+        else:
+            self.actor = Actor(obs_dim, act_dim, latent, hidden).to(device)
+            self.actor_target = Actor(obs_dim, act_dim, latent, hidden).to(device)
+        self.qf1 = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
+        self.qf2 = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
+        self.qf1_target = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
+        self.qf2_target = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
+        self.actor_target.load_state_dict(self.actor.state_dict())
+        self.qf1_target.load_state_dict(self.qf1.state_dict())
+        self.qf2_target.load_state_dict(self.qf2.state_dict())
+        self.encoder_optimizer = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=args.lr)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.lr)
+        self.q_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()], lr=args.lr)
+        self.total_it = 0
+        self.actor_log = {}  # the latest actor-step losses, logged on every step
+
+    def representation_loss(self, context, mask, task_idx) -> tuple:
+        codes = self.encoder(transition_inputs(context), sample_noise=True)
+        z = masked_mean(codes, mask)
+        recon_loss = masked_mean(self.decoder.nll(z[:, None], context)[..., None], mask).mean() + self.decoder.bound_loss()
+        focal_loss = focal_distance_loss(z, task_idx)
+        loss = recon_loss + self.args.beta * focal_loss
+        return loss, z, {"losses/recon_loss": recon_loss, "losses/focal_loss": focal_loss}
+
+    def update(self, batch: dict, context: dict, mask: torch.Tensor, task_idx: torch.Tensor) -> dict:
+        args = self.args
+        representation_loss, z, log = self.representation_loss(context, mask, task_idx)
+        self.encoder_optimizer.zero_grad()
+        representation_loss.backward()
+        self.encoder_optimizer.step()
+        log["losses/representation_loss"] = representation_loss
+
+        # z is detached for every RL loss: the encoder learns only from its representation loss.
+        z = z.detach()[:, None].expand(-1, batch["observations"].shape[1], -1)
+        obs, actions, next_obs = batch["observations"], batch["actions"], batch["next_observations"]
+        with torch.no_grad():
+            if args.flow and args.target_latent == "sample":
+                next_actions = self.actor_target.sample(next_obs, z)
+            else:
+                noise = (torch.randn_like(actions) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip)
+                next_actions = (self.actor_target.act(next_obs, z) + noise).clamp(-1.0, 1.0)
+            min_qf_next = torch.min(self.qf1_target(next_obs, next_actions, z), self.qf2_target(next_obs, next_actions, z))
+            next_q_value = args.reward_scale * batch["rewards"] + (1 - batch["terminations"]) * args.gamma * min_qf_next
+        qf1_a_values, qf2_a_values = self.qf1(obs, actions, z), self.qf2(obs, actions, z)
+        qf1_loss, qf2_loss = F.mse_loss(qf1_a_values, next_q_value), F.mse_loss(qf2_a_values, next_q_value)
+        self.q_optimizer.zero_grad()
+        (qf1_loss + qf2_loss).backward()
+        self.q_optimizer.step()
+        log.update({"losses/qf1_loss": qf1_loss, "losses/qf2_loss": qf2_loss, "losses/qf1_values": qf1_a_values.mean()})
+
+        if self.total_it % args.policy_frequency == 0:
+            pi = self.actor.act(obs, z) if args.flow and args.q_latent == "zero" else self.actor.sample(obs, z)
+            min_qf_pi = torch.min(self.qf1(obs, pi, z), self.qf2(obs, pi, z))
+            lmbda = args.alpha / min_qf_pi.abs().mean().detach()
+            bc_loss = -self.actor.log_prob(obs, z, actions).mean() if args.flow else F.mse_loss(pi, actions)
+            actor_loss = -lmbda * min_qf_pi.mean() + args.bc_weight * bc_loss
+            self.actor_optimizer.zero_grad()
+            actor_loss.backward()
+            self.actor_optimizer.step()
+            with torch.no_grad():
+                for net, target in ((self.actor, self.actor_target), (self.qf1, self.qf1_target), (self.qf2, self.qf2_target)):
+                    for p, tp in zip(net.parameters(), target.parameters()):
+                        tp.lerp_(p, args.tau)
+            self.actor_log = {"losses/actor_loss": actor_loss.detach(), "losses/bc_loss": bc_loss.detach()}
+        self.total_it += 1
+        return {**{k: v.detach() for k, v in log.items()}, **self.actor_log}
+
+    @torch.no_grad()
+    def context_codes(self, transitions):
+        return self.encoder(transitions, sample_noise=False)
+
+    NETWORKS = ("encoder", "decoder", "actor", "actor_target", "qf1", "qf2", "qf1_target", "qf2_target")
+    OPTIMIZERS = ("encoder_optimizer", "actor_optimizer", "q_optimizer")
+
+    def state_dict(self) -> dict:
+        state = {k: getattr(self, k).state_dict() for k in self.NETWORKS + self.OPTIMIZERS}
+        return {**state, "total_it": self.total_it}
+
+    def load_state_dict(self, state: dict):
+        for k in self.NETWORKS + self.OPTIMIZERS:
+            getattr(self, k).load_state_dict(state[k])
+        self.total_it = state["total_it"]
+
+
+class RepresentationSelector:
+    """Meta-NF's zero-shot selection: after t steps, candidate code z_j (of transition j) scores the mean decoder NLL
+    of all t observed transitions under z_j, and the lowest score conditions the next action (first on ties). The
+    score sums are updated incrementally, one new row and one new column per step: O(t) decoder rows, not O(t^2)."""
+
+    def __init__(self, decoder, n_tasks, horizon, latent_dim, device):
+        self.decoder, self.horizon, self.device = decoder, horizon, device
+        self.codes = torch.zeros(n_tasks, horizon, latent_dim, device=device)
+        self.score_sum = torch.zeros(n_tasks, horizon, device=device)
+        self.z = torch.zeros(n_tasks, latent_dim, device=device)
+        self.context, self.t = {}, 0
+
+    def reset(self):
+        self.score_sum.zero_(), self.z.zero_()
+        self.context, self.t = {}, 0
+
+    @torch.no_grad()
+    def add(self, transition: dict, codes: torch.Tensor):
+        t = self.t
+        if t == 0:
+            self.context = {k: v.new_zeros(v.shape[0], self.horizon, v.shape[-1]) for k, v in transition.items()}
+        for k, v in transition.items():
+            self.context[k][:, t] = v
+        self.codes[:, t] = codes
+        newest = {k: v[:, None] for k, v in transition.items()}
+        self.score_sum[:, : t + 1] += self.decoder.nll(self.codes[:, : t + 1], newest)
+        if t > 0:
+            past = {k: v[:, :t] for k, v in self.context.items()}
+            self.score_sum[:, t] += self.decoder.nll(self.codes[:, t : t + 1], past).sum(1)
+        best = self.score_sum[:, : t + 1].argmin(1)
+        self.z = self.codes[torch.arange(len(best), device=self.device), best]
+        self.t = t + 1
+
+
+@torch.no_grad()
+def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device) -> np.ndarray:
+    """Mean return per task over args.eval_episodes deterministic episodes, all tasks stepped in lockstep.
+
+    zero_shot: the context starts empty (z = 0) and every transition of the episode joins it as it happens; z is
+    the selected code (args.selection) or the mean code; few_shot: before each episode, args.few_shot_context
+    offline transitions of the task join the context, and z, their mean code, stays fixed during the episode.
+    Episode k resets every env with seed args.seed + k."""
+    n, latent = len(envs), args.latent_dim
+    mean, std = torch.as_tensor(obs_mean, device=device), torch.as_tensor(obs_std, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    task_idx = torch.arange(n, device=device)
+    returns = np.zeros((n, args.eval_episodes))
+    code_sum, count = torch.zeros(n, latent, device=device), torch.zeros(n, 1, device=device)
+    selector = None
+    if protocol == "zero_shot" and args.selection:
+        selector = RepresentationSelector(agent.decoder, n, HORIZONS[args.env], latent, device)
+    for episode in range(args.eval_episodes):
+        obs = np.stack([env.reset(seed=args.seed + episode)[0] for env in envs])
+        if protocol == "zero_shot":
+            code_sum.zero_(), count.zero_()
+            if selector:
+                selector.reset()
+        else:
+            context, _ = sampler.sample_context(task_idx, args.few_shot_context, generator=generator)
+            code_sum += agent.context_codes(transition_inputs(context)).sum(1)
+            count += args.few_shot_context
+        active = np.ones(n, dtype=bool)
+        while active.any():
+            obs_t = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
+            z = selector.z if selector else code_sum / count.clamp(min=1)
+            actions = agent.actor.act(obs_t, z).cpu().numpy()
+            next_obs, rewards, stepped = obs.copy(), np.zeros(n, dtype=np.float32), active.copy()
+            for j in np.flatnonzero(stepped):
+                next_obs[j], rewards[j], terminated, truncated, _ = envs[j].step(actions[j])
+                returns[j, episode] += rewards[j]
+                active[j] = not (terminated or truncated)
+            if protocol == "zero_shot":
+                transition = {
+                    "observations": obs_t,
+                    "actions": torch.as_tensor(actions, device=device),
+                    "rewards": torch.as_tensor(rewards, device=device)[:, None],
+                    "next_observations": (torch.as_tensor(next_obs, dtype=torch.float32, device=device) - mean) / std,
+                }
+                stepped_t = torch.as_tensor(stepped, dtype=torch.float32, device=device)[:, None]
+                codes = agent.context_codes(transition_inputs(transition))
+                code_sum += codes * stepped_t
+                count += stepped_t
+                if selector:  # a finished task's entries are never used again: it does not act any more
+                    selector.add(transition, codes)
+            obs = next_obs
+    return returns.mean(1)
+
+
+def load_checkpoint(path: str, args: Args) -> dict:
+    if not os.path.exists(path):
+        raise SystemExit(f"error: checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if checkpoint.get("algorithm") != ALGORITHM:
+        raise SystemExit(f"error: {path} is a checkpoint of {checkpoint.get('algorithm')!r}, not of {ALGORITHM}; use its own script")
+    if checkpoint["args"]["env"] != args.env:
+        raise SystemExit(f"error: {path} was trained on {checkpoint['args']['env']}, not {args.env}; pass --env {checkpoint['args']['env']}")
+    return checkpoint
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    if args.env not in ENV_NAMES:
+        raise SystemExit(f"error: unknown env {args.env!r}; valid names are: {', '.join(ENV_NAMES)}")
+    if args.eval_only and args.checkpoint is None:
+        raise SystemExit("error: --eval-only needs --checkpoint PATH")
+    checkpoint = load_checkpoint(args.checkpoint, args) if args.checkpoint else None
+    if checkpoint:  # the saved run's arguments define the networks and the task set; eval and run options stay
+        keep = ("checkpoint", "eval_only", "device", "exp_name", "total_steps", "eval_every", "log_every", "save_model", "data_dir")
+        args = Args(**{**checkpoint["args"], **{k: getattr(args, k) for k in keep}})
+    args = apply_env_defaults(args)
+    run_name = f"{args.env}__{args.exp_name}{'_eval' if args.eval_only else ''}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name)
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    atomic_write_json(os.path.join(run_dir, "args.json"), asdict(args))
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
+
+    train_ids, test_ids = train_test_split(args.env, args.n_tasks, args.n_train)
+    try:
+        dataset = load_dataset(args.env, args.behavior, args.data_dir, sorted(set(train_ids + test_ids)), args.n_tasks, args.task_seed)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    obs_mean, obs_std = normalization_stats(dataset, train_ids)
+    if checkpoint:
+        obs_mean, obs_std = checkpoint["obs_mean"], checkpoint["obs_std"]
+    train_sampler = TaskBatchSampler(dataset, train_ids, obs_mean, obs_std, device)
+    test_sampler = TaskBatchSampler(dataset, test_ids, obs_mean, obs_std, device)
+    agent = MetaNF(dataset.obs_dim, dataset.act_dim, args, device)
+    start_step = 0
+    if checkpoint:
+        agent.load_state_dict(checkpoint["agent"])
+        start_step = checkpoint["step"]
+        torch.set_rng_state(checkpoint["rng_state"])
+    eval_envs = {
+        "train": [make_env(args.env, i, args.n_tasks, args.task_seed) for i in train_ids],
+        "test": [make_env(args.env, i, args.n_tasks, args.task_seed) for i in test_ids],
+    }
+    task_sets = {"train": (train_ids, train_sampler), "test": (test_ids, test_sampler)}
+
+    def run_evaluation(step: int) -> dict:
+        results = {"algorithm": ALGORITHM, "env": args.env, "seed": args.seed, "step": step, "total_steps": args.total_steps}
+        for protocol in ("zero_shot", "few_shot"):
+            results[protocol] = {}
+            for name, (ids, sampler) in task_sets.items():
+                returns = evaluate(agent, eval_envs[name], sampler, protocol, args, obs_mean, obs_std, device)
+                results[protocol][name] = {"mean": float(returns.mean()), "per_task": {str(i): float(r) for i, r in zip(ids, returns)}}
+                writer.add_scalar(f"eval/{protocol}/{name}_return", returns.mean(), step)
+        print(
+            f"step {step}: zero-shot train {results['zero_shot']['train']['mean']:.2f} test {results['zero_shot']['test']['mean']:.2f}"
+            f" | few-shot train {results['few_shot']['train']['mean']:.2f} test {results['few_shot']['test']['mean']:.2f}",
+            flush=True,
+        )
+        return results
+
+    if args.eval_only:
+        results = run_evaluation(checkpoint["step"])
+        atomic_write_json(os.path.join(run_dir, "results.json"), {**results, "checkpoint": args.checkpoint})
+        writer.close()
+        raise SystemExit(0)
+
+    start_time, last_log = time.time(), start_step
+    for global_step in range(start_step, args.total_steps):
+        task_idx = torch.randint(len(train_ids), (args.meta_batch_size,), device=device)
+        batch = train_sampler.sample(task_idx, args.batch_size)
+        context, mask = train_sampler.sample_context(task_idx, args.context_size, trajectory=True)
+        log = agent.update(batch, context, mask, task_idx)
+        step = global_step + 1
+        if step % args.log_every == 0 or step == args.total_steps:
+            values = {k: v.item() for k, v in log.items()}
+            bad = [k for k, v in values.items() if not np.isfinite(v)]
+            if bad:
+                raise SystemExit(
+                    f"error: {', '.join(bad)} became non-finite between steps {last_log} and {step}; the run stops here "
+                    f"(the last checkpoint, of an earlier evaluation, is kept in {run_dir})"
+                )
+            for k, v in values.items():
+                writer.add_scalar(k, v, step)
+            sps = (step - start_step) / (time.time() - start_time)
+            writer.add_scalar("charts/SPS", sps, step)
+            last_log = step
+        if step % args.eval_every == 0 or step == args.total_steps:
+            results = run_evaluation(step)
+            results["wall_time"] = time.time() - start_time
+            results["updates_per_second"] = (step - start_step) / results["wall_time"]
+            print(f"step {step}: {results['updates_per_second']:,.0f} updates/s", flush=True)
+            if args.save_model:
+                state = {
+                    "algorithm": ALGORITHM,
+                    "args": asdict(args),
+                    "step": step,
+                    "agent": agent.state_dict(),
+                    "obs_mean": obs_mean,
+                    "obs_std": obs_std,
+                    "rng_state": torch.get_rng_state(),
+                }
+                atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda p: torch.save(state, p), suffix=".pt")
+            atomic_write_json(os.path.join(run_dir, "results.json"), results)
+    writer.close()

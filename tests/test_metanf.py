@@ -1,0 +1,157 @@
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import metanf  # noqa: E402
+
+
+def make_flow(act_dim, seed=0, cond_dim=3, randomize=0.3):
+    torch.manual_seed(seed)
+    flow = metanf.FlowActor(obs_dim=cond_dim - 1, act_dim=act_dim, latent_dim=1, hidden_dim=16, n_blocks=3, embedding_dim=4)
+    with torch.no_grad():  # move off the identity initialization so every part of the flow is exercised
+        for p in flow.parameters():
+            p.add_(randomize * torch.randn_like(p))
+    return flow.double()
+
+
+@pytest.mark.parametrize("act_dim", [1, 2, 3])
+def test_inverse_of_forward_is_identity(act_dim):
+    flow = make_flow(act_dim)
+    c = flow.embedding(torch.randn(5, 3, dtype=torch.float64))
+    x = torch.randn(5, act_dim, dtype=torch.float64)
+    u, log_det = flow.transform(x, c)
+    x_back, log_det_inverse = flow.inverse(u, c)
+    torch.testing.assert_close(x_back, x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(log_det_inverse, -log_det, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("act_dim", [1, 2, 3])
+def test_log_det_matches_autograd_jacobian(act_dim):
+    flow = make_flow(act_dim, seed=1)
+    c = flow.embedding(torch.randn(1, 3, dtype=torch.float64))
+    for _ in range(3):
+        x = torch.randn(act_dim, dtype=torch.float64)
+        jacobian = torch.autograd.functional.jacobian(lambda v: flow.transform(v[None], c)[0][0], x)
+        _, log_det = flow.transform(x[None], c)
+        assert log_det.item() == pytest.approx(torch.linalg.slogdet(jacobian)[1].item(), abs=1e-9)
+
+
+def test_density_integrates_to_one_1d_and_2d():
+    obs_z = torch.randn(1, 3, dtype=torch.float64)
+    # a milder perturbation than elsewhere: a flow that piles mass up at |a| -> 1 needs a finer grid than a test affords
+    flow = make_flow(1, seed=2, randomize=0.1)
+    grid = torch.linspace(-1 + 1e-6, 1 - 1e-6, 200_001, dtype=torch.float64)[:, None]
+    density = flow.log_prob(obs_z[:, :2].expand(len(grid), 2), obs_z[:, 2:].expand(len(grid), 1), grid).exp()
+    assert torch.trapezoid(density, grid[:, 0]).item() == pytest.approx(1.0, abs=0.01)
+
+    flow = make_flow(2, seed=3, randomize=0.1)
+    n = 1001
+    axis = torch.linspace(-1 + 1e-6, 1 - 1e-6, n, dtype=torch.float64)
+    a = torch.cartesian_prod(axis, axis)
+    density = flow.log_prob(obs_z[:, :2].expand(len(a), 2), obs_z[:, 2:].expand(len(a), 1), a).exp().reshape(n, n)
+    integral = torch.trapezoid(torch.trapezoid(density, axis, dim=1), axis).item()
+    assert integral == pytest.approx(1.0, abs=0.02)
+
+
+def test_flow_starts_as_tanh_of_linear_map_and_acts_deterministically():
+    flow = make_flow(2, randomize=0.0).float()
+    obs, z = torch.randn(4, 2), torch.randn(4, 1)
+    torch.testing.assert_close(flow.act(obs, z), flow.act(obs, z))
+    assert torch.equal(flow.act(obs, z), torch.zeros(4, 2))  # f(0) = 0 for linear layers and identity couplings
+    assert flow.sample(obs, z).abs().max() < 1
+
+
+def test_flow_fits_a_bimodal_conditional_that_a_gaussian_cannot():
+    # condition 1: a = +-(0.6, 0.6), each with probability 1/2; condition -1: a = (0, 0); small noise everywhere.
+    # (A 2-D action: with a 1-D action every block is affine in x, so the flow is a conditional Gaussian.)
+    torch.manual_seed(0)
+    n = 512
+    condition = torch.randint(0, 2, (n, 1)).float() * 2 - 1
+    sign = torch.randint(0, 2, (n, 1)).float() * 2 - 1
+    actions = torch.where(condition > 0, 0.6 * sign, torch.zeros_like(sign)).expand(n, 2) + 0.05 * torch.randn(n, 2)
+    obs, z = torch.cat([condition, torch.zeros_like(condition)], -1), torch.zeros(n, 1)
+    flow = metanf.FlowActor(2, 2, 1, 32, 4, 8)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=5e-3)
+    first = -flow.log_prob(obs, z, actions).mean().item()
+    for _ in range(400):
+        loss = -flow.log_prob(obs, z, actions).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    nll = -flow.log_prob(obs, z, actions).mean().item()
+    # the best Gaussian per condition (full covariance, maximum likelihood, in pre-tanh space; same tanh correction)
+    u = torch.atanh(actions.clamp(-1 + 1e-5, 1 - 1e-5)).double()
+    gaussian = 0.0
+    for value in (-1.0, 1.0):
+        rows = condition[:, 0] == value
+        uc = u[rows]
+        covariance = torch.cov(uc.T, correction=0)
+        log_p = torch.distributions.MultivariateNormal(uc.mean(0), covariance).log_prob(uc)
+        gaussian += -(log_p - torch.log(1 - actions[rows].double() ** 2 + 1e-6).sum(-1)).sum().item()
+    gaussian /= n
+    assert nll < first - 1.0
+    assert nll < gaussian - 0.3, (nll, gaussian)
+
+
+class PrototypeDecoder:
+    """nll(z, transition) = mean over dims of (z - reward)^2: the code equal to the rewards reconstructs them best."""
+
+    def nll(self, z, context):
+        shape = torch.broadcast_shapes(z.shape[:-1], context["rewards"].shape[:-1])
+        return ((z.expand(*shape, -1) - context["rewards"].expand(*shape, -1)) ** 2).mean(-1)
+
+
+def full_selection(decoder, codes, context, t):
+    """The definition, recomputed from scratch: argmin_j mean_i nll(z_j, transition_i), i, j <= t."""
+    scores = decoder.nll(codes[:, :t, None], {k: v[:, None, :t] for k, v in context.items()}).mean(-1)
+    return scores.argmin(1)
+
+
+def test_selection_picks_the_candidate_that_reconstructs_the_context():
+    torch.manual_seed(0)
+    n, horizon = 3, 12
+    rewards = torch.full((n, horizon, 1), 0.5)
+    context = {"observations": torch.zeros(n, horizon, 2), "actions": torch.zeros(n, horizon, 1),
+               "next_observations": torch.zeros(n, horizon, 2), "rewards": rewards}
+    codes = torch.randn(n, horizon, 1)
+    codes[0, 7] = 0.5  # task 0: transition 7's code reconstructs every reward exactly
+    codes[1, 2] = 0.5  # task 1: transition 2's code does
+    selector = metanf.RepresentationSelector(PrototypeDecoder(), n, horizon, 1, "cpu")
+    for t in range(horizon):
+        selector.add({k: v[:, t] for k, v in context.items()}, codes[:, t])
+        best = full_selection(PrototypeDecoder(), codes, context, t + 1)
+        torch.testing.assert_close(selector.z, codes[torch.arange(n), best])
+        torch.testing.assert_close(selector.score_sum[:, : t + 1] / (t + 1),
+                                   PrototypeDecoder().nll(codes[:, : t + 1, None], {k: v[:, None, : t + 1] for k, v in context.items()}).mean(-1))
+    assert selector.z[0].item() == 0.5 and selector.z[1].item() == 0.5
+    assert selector.score_sum[0].argmin().item() == 7 and selector.score_sum[1].argmin().item() == 2
+    selector.reset()
+    assert selector.t == 0 and selector.z.abs().sum() == 0
+
+
+def test_selection_with_the_real_decoder_matches_the_definition():
+    torch.manual_seed(1)
+    n, horizon, obs_dim, act_dim, latent = 2, 9, 3, 2, 4
+    decoder = metanf.Decoder(obs_dim, act_dim, latent, 16)
+    context = {"observations": torch.randn(n, horizon, obs_dim), "actions": torch.rand(n, horizon, act_dim) * 2 - 1,
+               "next_observations": torch.randn(n, horizon, obs_dim), "rewards": torch.randn(n, horizon, 1)}
+    codes = torch.tanh(torch.randn(n, horizon, latent))
+    selector = metanf.RepresentationSelector(decoder, n, horizon, latent, "cpu")
+    for t in range(horizon):
+        selector.add({k: v[:, t] for k, v in context.items()}, codes[:, t])
+        best = full_selection(decoder, codes, context, t + 1)
+        torch.testing.assert_close(selector.z, codes[torch.arange(n), best])
+
+
+def test_defaults_fill_per_env_values():
+    args = metanf.apply_env_defaults(metanf.Args(env="hopper-params"))
+    assert (args.latent_dim, args.hidden_dim, args.beta, args.gamma, args.context_size) == (10, 256, 1.5, 0.99, 200)
+    args = metanf.apply_env_defaults(metanf.Args(env="point-robot"))
+    assert (args.latent_dim, args.hidden_dim, args.beta, args.gamma, args.context_size) == (5, 64, 1.0, 0.9, 20)
+    assert np.isclose(metanf.apply_env_defaults(metanf.Args(env="cheetah-vel", beta=0.0)).beta, 0.0)
