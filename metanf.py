@@ -631,6 +631,8 @@ if __name__ == "__main__":
                 writer.add_scalar(k, v, step)
             sps = (step - start_step) / (time.time() - start_time)
             writer.add_scalar("charts/SPS", sps, step)
+            eta = time.strftime("%H:%M:%S", time.gmtime((args.total_steps - step) / sps))
+            print(f"step {step}/{args.total_steps} | {sps:,.0f} updates/s | ETA {eta}", flush=True)
             last_log = step
         if step % args.eval_every == 0 or step == args.total_steps:
             results = run_evaluation(step)
