@@ -1,0 +1,380 @@
+# Benchmark utility, in the spirit of CleanRL's cleanrl_utils/benchmark.py:
+#   run     the grid algorithms x envs x seeds, on local worker processes or as a slurm job array
+#   report  results.json files and TensorBoard events -> markdown tables (Meta-NF Table 1 layout) and learning curves
+#   speed   gradient updates per second of each algorithm, achieved FLOP/s against the device's matmul rate, and
+#           the env steps per second of data collection
+import glob
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date
+from typing import List, Optional
+
+import numpy as np
+import tyro
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+PROTOCOLS = ("zero_shot", "few_shot")
+
+
+@dataclass
+class Run:
+    """Run (or print) the grid: one `python {algo}.py --env E --seed S --exp-name X [flags] [extra]` per cell."""
+
+    algos: List[str] = field(default_factory=lambda: ["focal", "unicorn", "metanf"])
+    """algorithm scripts, each optionally with its own flags in one quoted string, e.g. 'metanf --no-flow'"""
+    envs: List[str] = field(default_factory=lambda: ["point-robot"])
+    """task families"""
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    """seeds"""
+    extra: str = ""
+    """arguments appended to every command, written with '=': --extra='--total-steps 50000 --device cuda'"""
+    workers: int = 0
+    """processes run at once; 0 only prints the commands (a dry run)"""
+    threads: Optional[int] = None
+    """CPU threads per process (default: the machine's cores divided by the workers)"""
+    runs_dir: str = "runs"
+    """the runs folder of the working directory, where the scripts write (checked for finished runs; logs go in logs/)"""
+    slurm: bool = False
+    """write a slurm job-array script (one array task per command) and submit it with sbatch when sbatch exists"""
+    slurm_cpus: int = 4
+    """slurm: CPUs per array task"""
+    slurm_gpus: int = 1
+    """slurm: GPUs per array task (0 for none)"""
+    slurm_mem: str = "16G"
+    """slurm: memory per array task"""
+    slurm_time: str = "08:00:00"
+    """slurm: time limit per array task"""
+    slurm_partition: Optional[str] = None
+    """slurm: partition"""
+    slurm_script: str = "benchmark.slurm"
+    """slurm: path of the job-array script to write"""
+
+
+@dataclass
+class Report:
+    """Aggregate finished runs into results/{env}.md (return tables, runtime table) and learning-curve PNGs."""
+
+    runs_dir: str = "runs"
+    """folder holding the runs' folders"""
+    out_dir: str = "results"
+    """where the markdown tables and plots go"""
+    envs: Optional[List[str]] = None
+    """envs to report (default: every env found)"""
+    command: str = ""
+    """the command that produced the runs, written above the tables"""
+    plots: bool = True
+    """draw learning curves from the TensorBoard events (needs matplotlib)"""
+
+
+@dataclass
+class Speed:
+    """Print gradient updates per second of each algorithm's training step and data-collection env steps per second."""
+
+    env: str = "point-robot"
+    """task family whose observation and action sizes the networks take"""
+    algos: List[str] = field(default_factory=lambda: ["focal", "unicorn", "metanf"])
+    """algorithm scripts to time"""
+    device: str = "auto"
+    """torch device; auto: cuda when available"""
+    updates: int = 50
+    """timed updates per algorithm (after 10 warm-up updates)"""
+    collect_steps: int = 300
+    """timed SAC steps of data collection (updates from the first step), for 1 and for 20 tasks"""
+
+
+def exp_name(spec: str) -> str:
+    """'metanf --no-flow --no-selection' -> 'metanf-no-flow-no-selection' (no '__', which separates run-name fields)."""
+    script, *flags = shlex.split(spec)
+    return "-".join([script] + [f.lstrip("-").replace("_", "-") for f in flags])
+
+
+def grid(args: Run) -> list:
+    commands = []
+    for spec in args.algos:
+        script, *flags = shlex.split(spec)
+        path = os.path.join(ROOT, f"{script}.py")
+        if not os.path.exists(path):
+            raise SystemExit(f"error: no algorithm script {path}")
+        for env in args.envs:
+            for seed in args.seeds:
+                command = [sys.executable, os.path.relpath(path), "--env", env, "--seed", str(seed), "--exp-name", exp_name(spec)]
+                commands.append({"env": env, "exp_name": exp_name(spec), "seed": seed,
+                                 "argv": command + flags + shlex.split(args.extra)})
+    return commands
+
+
+def requested_total_steps(argv: list) -> Optional[int]:
+    return int(argv[argv.index("--total-steps") + 1]) if "--total-steps" in argv else None
+
+
+def finished(runs_dir: str, cell: dict) -> Optional[str]:
+    """The run folder whose results.json holds the final step of this cell, if any."""
+    wanted = requested_total_steps(cell["argv"])
+    for path in sorted(glob.glob(os.path.join(runs_dir, f"{cell['env']}__{cell['exp_name']}__{cell['seed']}__*", "results.json"))):
+        with open(path) as f:
+            results = json.load(f)
+        if results["step"] == results["total_steps"] and wanted in (None, results["total_steps"]):
+            return os.path.dirname(path)
+    return None
+
+
+def slurm_script(args: Run, commands: list) -> str:
+    lines = ["#!/bin/bash", "#SBATCH --job-name=omrl-benchmark", f"#SBATCH --array=0-{len(commands) - 1}",
+             f"#SBATCH --cpus-per-task={args.slurm_cpus}", f"#SBATCH --mem={args.slurm_mem}", f"#SBATCH --time={args.slurm_time}",
+             f"#SBATCH --output={args.runs_dir}/logs/slurm-%A_%a.log"]
+    if args.slurm_gpus:
+        lines.append(f"#SBATCH --gres=gpu:{args.slurm_gpus}")
+    if args.slurm_partition:
+        lines.append(f"#SBATCH --partition={args.slurm_partition}")
+    lines += ["", f"cd {shlex.quote(os.getcwd())}", "export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK", "COMMANDS=("]
+    lines += [f"  {shlex.quote(shlex.join(['python', *c['argv'][1:]]))}" for c in commands]
+    lines += [")", 'eval "${COMMANDS[$SLURM_ARRAY_TASK_ID]}"', ""]
+    return "\n".join(lines)
+
+
+def run_grid(args: Run):
+    cells = grid(args)
+    todo = []
+    for cell in cells:
+        done = finished(args.runs_dir, cell)
+        if done:
+            print(f"skip (finished in {done}): {shlex.join(cell['argv'])}")
+        else:
+            todo.append(cell)
+    if args.slurm:
+        if not todo:
+            return print("nothing to submit")
+        os.makedirs(os.path.join(args.runs_dir, "logs"), exist_ok=True)
+        with open(args.slurm_script, "w") as f:
+            f.write(slurm_script(args, todo))
+        print(f"wrote {args.slurm_script} ({len(todo)} array tasks)")
+        if shutil.which("sbatch"):
+            subprocess.run(["sbatch", args.slurm_script], check=True)
+        else:
+            print(f"sbatch not found: submit it on the cluster with `sbatch {args.slurm_script}`")
+        return
+    if args.workers == 0:
+        for cell in todo:
+            print(shlex.join(cell["argv"]))
+        return print(f"# {len(todo)} commands; pass --workers N to run them")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    os.makedirs(os.path.join(args.runs_dir, "logs"), exist_ok=True)
+
+    def execute(cell):
+        log = os.path.join(args.runs_dir, "logs", f"{cell['env']}__{cell['exp_name']}__{cell['seed']}.log")
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        start = time.time()
+        with open(log, "w") as f:
+            returncode = subprocess.run(cell["argv"], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        print(f"{'done' if returncode == 0 else 'FAILED'} in {time.time() - start:,.0f} s: {shlex.join(cell['argv'])}", flush=True)
+        return cell, returncode, log
+
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        outcomes = list(pool.map(execute, todo))
+    failures = [(cell, log) for cell, returncode, log in outcomes if returncode != 0]
+    print(f"{len(todo) - len(failures)} of {len(todo)} runs succeeded")
+    for cell, log in failures:
+        print(f"  failed: {shlex.join(cell['argv'])}\n    log: {log}")
+    if failures:
+        raise SystemExit(1)
+
+
+def collect_runs(runs_dir: str) -> dict:
+    """{(env, exp_name): {seed: (run_dir, results)}}: the newest finished training run of every cell."""
+    cells = {}
+    for path in sorted(glob.glob(os.path.join(runs_dir, "*", "results.json"))):
+        run_dir = os.path.dirname(path)
+        with open(path) as f:
+            results = json.load(f)
+        if "checkpoint" in results or results["step"] != results["total_steps"]:
+            continue  # an --eval-only run, or a run still going
+        env, exp, seed, stamp = os.path.basename(run_dir).split("__")
+        cell = cells.setdefault((env, exp), {})
+        if int(seed) not in cell or stamp > os.path.basename(cell[int(seed)][0]).split("__")[3]:
+            cell[int(seed)] = (run_dir, results)
+    return cells
+
+
+def mean_std(values) -> str:
+    values = np.asarray(values, dtype=np.float64)
+    return f"{values.mean():.2f} ± {values.std():.2f} (n={len(values)})"
+
+
+def env_report(env: str, cells: dict, command: str) -> str:
+    algos = sorted(exp for e, exp in cells if e == env)
+    lines = [f"# {env}", "", f"Generated by `python benchmark.py report` on {date.today().isoformat()}.", ""]
+    if command:
+        lines += ["Runs produced by:", "", "```bash", command, "```", ""]
+    lines += [
+        "Each cell: the return of the last checkpoint, averaged over the train (or test) tasks, then mean ± standard "
+        "deviation over seeds (numpy, ddof = 0), n seeds.", ""]
+    for protocol in PROTOCOLS:
+        lines += [f"## {protocol.replace('_', '-')}", "", "| task set | " + " | ".join(algos) + " |", "|---" * (len(algos) + 1) + "|"]
+        for task_set in ("train", "test"):
+            row = [mean_std([r[protocol][task_set]["mean"] for _, r in cells[(env, a)].values()]) for a in algos]
+            lines.append(f"| {task_set} | " + " | ".join(row) + " |")
+        lines.append("")
+    lines += ["## Runtime", "", "| algorithm | seeds | gradient steps | wall time (min, mean) | updates/s (mean) |",
+              "|---|---|---|---|---|"]
+    for a in algos:
+        runs = [r for _, r in cells[(env, a)].values()]
+        lines.append(f"| {a} | {len(runs)} | {runs[0]['total_steps']:,} | {np.mean([r['wall_time'] for r in runs]) / 60:.1f} | "
+                     f"{np.mean([r['updates_per_second'] for r in runs]):.1f} |")
+    lines += ["", f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.", ""]
+    return "\n".join(lines)
+
+
+def curves(env: str, cells: dict, out_dir: str) -> list:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    written = []
+    for protocol in PROTOCOLS:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+        for ax, task_set in zip(axes, ("train", "test")):
+            tag = f"eval/{protocol}/{task_set}_return"
+            for exp in sorted(e for v, e in cells if v == env):
+                series = []
+                for run_dir, _ in cells[(env, exp)].values():
+                    events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+                    events.Reload()
+                    if tag in events.Tags()["scalars"]:
+                        series.append({e.step: e.value for e in events.Scalars(tag)})
+                steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+                if not steps:
+                    continue
+                values = np.array([[s[t] for t in steps] for s in series])
+                ax.plot(steps, values.mean(0), label=f"{exp} (n={len(series)})")
+                ax.fill_between(steps, values.mean(0) - values.std(0), values.mean(0) + values.std(0), alpha=0.2)
+            ax.set_title(f"{env}, {protocol.replace('_', '-')}, {task_set} tasks")
+            ax.set_xlabel("gradient steps")
+            ax.set_ylabel("return")
+            ax.legend(fontsize=8)
+        path = os.path.join(out_dir, f"{env}_{protocol}.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def report(args: Report):
+    cells = collect_runs(args.runs_dir)
+    envs = args.envs or sorted({env for env, _ in cells})
+    if not cells:
+        raise SystemExit(f"error: no finished runs in {args.runs_dir} (a finished run's results.json has step == total_steps)")
+    os.makedirs(args.out_dir, exist_ok=True)
+    for env in envs:
+        text = env_report(env, cells, args.command)
+        if args.plots:
+            for path in curves(env, cells, args.out_dir):
+                text += f"\n![{os.path.basename(path)}]({os.path.basename(path)})\n"
+        with open(os.path.join(args.out_dir, f"{env}.md"), "w") as f:
+            f.write(text)
+        print(f"wrote {os.path.join(args.out_dir, env + '.md')}")
+
+
+def speed(args: Speed):
+    import importlib
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from common.envs import make_env
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    probe = make_env(args.env, 0)
+    obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    sync()
+    start, repeats = time.perf_counter(), 20 if device.type == "cuda" else 5
+    for _ in range(repeats):
+        a @ b
+    sync()
+    peak = 2 * n**3 * repeats / (time.perf_counter() - start)
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}); "
+          f"dense fp32 matmul {n}x{n}: {peak / 1e9:,.1f} GFLOP/s")
+    print("\n| algorithm | env | updates/s | GFLOP per update | achieved GFLOP/s | % of matmul rate |\n|---|---|---|---|---|---|")
+    for name in args.algos:
+        module = importlib.import_module(name)
+        algo_args = module.apply_env_defaults(module.Args(env=args.env))
+        agent_class = next(v for k, v in vars(module).items() if isinstance(v, type) and hasattr(v, "NETWORKS"))
+        agent = agent_class(obs_dim, act_dim, algo_args, device)
+        m, bsz, ctx = algo_args.meta_batch_size, algo_args.batch_size, algo_args.context_size
+
+        def fields(rows):
+            return {"observations": torch.randn(m, rows, obs_dim, device=device),
+                    "actions": torch.rand(m, rows, act_dim, device=device) * 2 - 1,
+                    "rewards": torch.randn(m, rows, 1, device=device),
+                    "next_observations": torch.randn(m, rows, obs_dim, device=device),
+                    "terminations": torch.zeros(m, rows, 1, device=device)}
+
+        batch, context, mask = fields(bsz), fields(ctx), torch.ones(m, ctx, 1, device=device)
+        task_idx = torch.randint(10, (m,), device=device)
+        for _ in range(10):
+            agent.update(batch, context, mask, task_idx)
+        with FlopCounterMode(display=False) as counter:
+            agent.update(batch, context, mask, task_idx)
+            agent.update(batch, context, mask, task_idx)  # one critic-only and one actor step
+        flops = counter.get_total_flops() / 2
+        sync()
+        start = time.perf_counter()
+        for _ in range(args.updates):
+            agent.update(batch, context, mask, task_idx)
+        sync()
+        ups = args.updates / (time.perf_counter() - start)
+        print(f"| {name} | {args.env} | {ups:,.1f} | {flops / 1e9:.3f} | {flops * ups / 1e9:,.1f} | {100 * flops * ups / peak:.1f} |")
+
+    import collect_data
+
+    print("\n| data collection | tasks | env steps/s (SAC updates from the first step) |\n|---|---|---|")
+    for n_tasks in (1, 20):
+        with tempfile.TemporaryDirectory() as tmp:
+            collect_args = collect_data.Args(env=args.env, out_dir=tmp, sac_steps=args.collect_steps, learning_starts=0,
+                                             log_every=10**9, n_tasks=max(n_tasks, 20))
+            collect_args.hidden_dim = collect_data.DEFAULT_HIDDEN_DIM.get(args.env, 256)
+            collect_args.checkpoint_every = args.collect_steps
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(os.path.join(tmp, "tb"))
+            tasks = [{}] * 20
+            start = time.perf_counter()
+            with open(os.devnull, "w") as devnull:
+                stdout, sys.stdout = sys.stdout, devnull
+                try:
+                    collect_data.train_sac(collect_args, list(range(n_tasks)), tasks, device, writer)
+                finally:
+                    sys.stdout = stdout
+            elapsed = time.perf_counter() - start
+            writer.close()
+        print(f"| {args.env} | {n_tasks} | {args.collect_steps * n_tasks / elapsed:,.0f} |")
+
+
+if __name__ == "__main__":
+    command = tyro.extras.subcommand_cli_from_dict(
+        {"run": Run, "report": Report, "speed": Speed},
+        description="Run grids of algorithms x envs x seeds, report their results, and time the training steps.",
+    )
+    if isinstance(command, Run):
+        run_grid(command)
+    elif isinstance(command, Report):
+        report(command)
+    else:
+        speed(command)

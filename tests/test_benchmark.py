@@ -1,0 +1,105 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import benchmark  # noqa: E402
+
+
+def write_run(runs_dir, env, exp, seed, stamp, zero_train, zero_test, step=100, total=100):
+    run_dir = os.path.join(runs_dir, f"{env}__{exp}__{seed}__{stamp}")
+    os.makedirs(run_dir)
+    results = {"algorithm": exp.split("-")[0], "env": env, "seed": seed, "step": step, "total_steps": total,
+               "wall_time": 60.0 * (seed + 1), "updates_per_second": 10.0 * (seed + 1)}
+    for protocol, scale in (("zero_shot", 1.0), ("few_shot", 2.0)):
+        results[protocol] = {"train": {"mean": scale * zero_train, "per_task": {}}, "test": {"mean": scale * zero_test, "per_task": {}}}
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump(results, f)
+    return run_dir
+
+
+def test_grid_expansion_and_exp_names(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    args = benchmark.Run(algos=["focal", "metanf --no-flow --no-selection"], envs=["point-robot", "ant-dir"], seeds=[0, 3],
+                         extra="--total-steps 500 --device cpu")
+    cells = benchmark.grid(args)
+    assert len(cells) == 8
+    assert cells[0]["argv"][1:] == ["focal.py", "--env", "point-robot", "--seed", "0", "--exp-name", "focal",
+                                    "--total-steps", "500", "--device", "cpu"]
+    last = cells[-1]
+    assert (last["env"], last["seed"], last["exp_name"]) == ("ant-dir", 3, "metanf-no-flow-no-selection")
+    assert last["argv"][1:] == ["metanf.py", "--env", "ant-dir", "--seed", "3", "--exp-name", "metanf-no-flow-no-selection",
+                                "--no-flow", "--no-selection", "--total-steps", "500", "--device", "cpu"]
+    with pytest.raises(SystemExit, match="no algorithm script"):
+        benchmark.grid(benchmark.Run(algos=["dqn"]))
+
+
+def test_finished_runs_are_skipped(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    runs = str(tmp_path)
+    write_run(runs, "point-robot", "focal", 0, 1, -10, -15)  # finished
+    write_run(runs, "point-robot", "focal", 1, 1, -10, -15, step=50)  # interrupted
+    write_run(runs, "point-robot", "unicorn", 0, 1, -10, -15, total=100)  # finished, but at another budget
+    args = benchmark.Run(algos=["focal", "unicorn"], seeds=[0, 1], runs_dir=runs, extra="--total-steps 100")
+    benchmark.run_grid(args)
+    out = capsys.readouterr().out
+    assert out.count("skip (finished") == 2 and "# 2 commands" in out
+    args.extra = "--total-steps 200"
+    benchmark.run_grid(args)
+    assert "skip" not in capsys.readouterr().out
+
+
+def test_report_aggregates_mean_and_population_std(tmp_path):
+    runs = str(tmp_path / "runs")
+    for seed, (train, test) in enumerate([(-10.0, -15.0), (-12.0, -17.0), (-11.0, -19.0)]):
+        write_run(runs, "point-robot", "focal", seed, 5, train, test)
+    write_run(runs, "point-robot", "focal", 0, 4, 99.0, 99.0)  # an older run of the same cell: ignored
+    write_run(runs, "point-robot", "unicorn", 0, 5, -9.0, -14.0)
+    write_run(runs, "point-robot", "unicorn", 1, 5, -50.0, -50.0, step=10)  # unfinished: ignored
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "results"), plots=False, command="python x.py"))
+    text = (tmp_path / "results" / "point-robot.md").read_text()
+    train_std = np.std([-10.0, -12.0, -11.0])
+    assert f"| train | -11.00 ± {train_std:.2f} (n=3) | -9.00 ± 0.00 (n=1) |" in text
+    assert f"| test | -17.00 ± {np.std([-15.0, -17.0, -19.0]):.2f} (n=3) | -14.00 ± 0.00 (n=1) |" in text
+    assert "| train | -22.00 ± 1.63 (n=3) | -18.00 ± 0.00 (n=1) |" in text  # few-shot cells (scaled by 2)
+    assert "| focal | 3 | 100 | 2.0 | 20.0 |" in text  # runtime: mean wall time 120 s, mean 20 updates/s
+    assert "python x.py" in text
+
+
+def test_slurm_script_text(monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    args = benchmark.Run(algos=["unicorn"], seeds=[0, 1], slurm=True, slurm_cpus=8, slurm_gpus=1, slurm_partition="gpu",
+                         runs_dir=str(tmp_path))
+    text = benchmark.slurm_script(args, benchmark.grid(args))
+    assert "#SBATCH --array=0-1" in text and "#SBATCH --cpus-per-task=8" in text and "#SBATCH --gres=gpu:1" in text
+    assert "#SBATCH --partition=gpu" in text and 'eval "${COMMANDS[$SLURM_ARRAY_TASK_ID]}"' in text
+    assert "'python unicorn.py --env point-robot --seed 1 --exp-name unicorn'" in text
+
+
+def test_tiny_real_run_and_report(tmp_path):
+    data = tmp_path / "data"
+    collect = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--env", "point-robot", "--n-tasks", "4", "--n-train", "2",
+               "--out-dir", str(data), "--sac-steps", "200", "--learning-starts", "100", "--batch-size", "16",
+               "--num-trajectories", "3", "--random-episodes", "1", "--log-every", "200"]
+    subprocess.run(collect, cwd=tmp_path, check=True, capture_output=True)
+    extra = (f"--data-dir {data} --n-tasks 4 --n-train 2 --total-steps 20 --eval-every 10 --log-every 10 --eval-episodes 1 "
+             "--meta-batch-size 4 --batch-size 16")
+    bench = [sys.executable, os.path.join(ROOT, "benchmark.py")]
+    result = subprocess.run([*bench, "run", "--algos", "focal", "--seeds", "0", "1", "--workers", "2", f"--extra={extra}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 of 2 runs succeeded" in result.stdout
+    assert (tmp_path / "runs" / "logs" / "point-robot__focal__1.log").exists()
+    again = subprocess.run([*bench, "run", "--algos", "focal", "--seeds", "0", "1", "--workers", "2", f"--extra={extra}"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.stdout.count("skip (finished") == 2
+    result = subprocess.run([*bench, "report"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (tmp_path / "results" / "point-robot.md").read_text()
+    assert "(n=2)" in text and "## zero-shot" in text and "## few-shot" in text
+    assert (tmp_path / "results" / "point-robot_zero_shot.png").stat().st_size > 1000
