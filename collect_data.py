@@ -39,13 +39,13 @@ class Args:
     env: str = "point-robot"
     """task family, one of: point-robot, cheetah-vel, cheetah-dir, ant-dir, humanoid-dir, hopper-params, walker-params"""
     tasks: Optional[List[int]] = None
-    """task ids to collect (default: every task of the task set, train and test)"""
+    """task ids to collect (if unset: every task of the task set, train and test)"""
     behavior: Literal["expert", "mixed", "replay"] = "expert"
     """expert: the final SAC policy's rollouts; mixed: rollouts of evenly spaced SAC checkpoints; replay: the whole SAC replay buffer"""
     sac_steps: Optional[int] = None
-    """SAC environment steps per task (default: 20_000 for point-robot, 1_000_000 otherwise)"""
+    """SAC environment steps per task (if unset: 20_000 for point-robot, 1_000_000 otherwise)"""
     num_trajectories: Optional[int] = None
-    """stochastic trajectories per task for expert and mixed (default: 50; 100 for point-robot and cheetah-dir)"""
+    """stochastic trajectories per task for expert and mixed (if unset: 50; 100 for point-robot and cheetah-dir)"""
     num_checkpoints: int = 10
     """mixed: the number of evenly spaced SAC checkpoints (steps S*k/K, k = 1..K) that share the trajectories"""
     out_dir: str = "data"
@@ -71,9 +71,9 @@ class Args:
 
     # Algorithm specific arguments (SAC)
     learning_starts: Optional[int] = None
-    """uniform-random actions before this step, updates after it (default: 2_000 for point-robot, 5_000 otherwise)"""
+    """uniform-random actions before this step, updates after it (if unset: 2_000 for point-robot, 5_000 otherwise)"""
     hidden_dim: Optional[int] = None
-    """width of the two hidden layers of actor and critics (default: 64 for point-robot, 256 otherwise)"""
+    """width of the two hidden layers of actor and critics (if unset: 64 for point-robot, 256 otherwise)"""
     batch_size: int = 256
     """transitions per task in each SAC update"""
     gamma: float = 0.99
@@ -87,7 +87,7 @@ class Args:
     policy_frequency: int = 2
     """delayed actor updates: every policy_frequency steps, policy_frequency actor updates (CleanRL)"""
     checkpoint_every: Optional[int] = None
-    """SAC steps between saved actor checkpoints (default: sac_steps // 20)"""
+    """SAC steps between saved actor checkpoints (if unset: sac_steps // 20)"""
 
 
 LOG_STD_MAX = 2

@@ -64,21 +64,21 @@ class Args:
     batch_size: int = 256
     """RL transitions per task of the meta-batch"""
     context_size: Optional[int] = None
-    """transitions in a training context, drawn at random from the task's data (default: FOCAL's per-env value)"""
+    """transitions in a training context, drawn at random from the task's data (if unset: FOCAL's per-env value)"""
     few_shot_context: Optional[int] = None
-    """few-shot protocol: offline transitions appended to the context before each episode (default: the horizon)"""
+    """few-shot protocol: offline transitions appended to the context before each episode (if unset: the horizon)"""
     latent_dim: Optional[int] = None
-    """size of the task representation z (default: 5; 10 for hopper-params and walker-params)"""
+    """size of the task representation z (if unset: 5; 10 for hopper-params and walker-params)"""
     hidden_dim: Optional[int] = None
-    """width of the 3 hidden layers of actor and critics (default: 256; 64 for point-robot)"""
+    """width of the 3 hidden layers of actor and critics (if unset: 256; 64 for point-robot)"""
     encoder_hidden_dim: Optional[int] = None
-    """width of the 3 hidden layers of the encoder (default: 200; 64 for point-robot)"""
+    """width of the 3 hidden layers of the encoder (if unset: 200; 64 for point-robot)"""
     focal_weight: float = 10.0
     """weight of the distance-metric loss"""
     lr: float = 3e-4
     """learning rate of actor, critics and encoder"""
     gamma: Optional[float] = None
-    """discount factor (default: 0.99; 0.9 for point-robot)"""
+    """discount factor (if unset: 0.99; 0.9 for point-robot)"""
     tau: float = 0.005
     """target smoothing coefficient"""
     reward_scale: float = 5.0

@@ -64,21 +64,21 @@ class Args:
     batch_size: int = 256
     """RL transitions per task of the meta-batch"""
     context_size: Optional[int] = None
-    """transitions in a training context: the first steps of one offline episode (default: the horizon, 200; point-robot 20)"""
+    """transitions in a training context: the first steps of one offline episode (if unset: the horizon, 200; point-robot 20)"""
     few_shot_context: Optional[int] = None
-    """few-shot protocol: offline transitions appended to the context before each episode (default: the horizon)"""
+    """few-shot protocol: offline transitions appended to the context before each episode (if unset: the horizon)"""
     latent_dim: Optional[int] = None
-    """size of the task representation z (default: 5; 10 for hopper-params and walker-params)"""
+    """size of the task representation z (if unset: 5; 10 for hopper-params and walker-params)"""
     hidden_dim: Optional[int] = None
-    """width of the 3 hidden layers of actor and critics (default: 256; 64 for point-robot)"""
+    """width of the 3 hidden layers of actor and critics (if unset: 256; 64 for point-robot)"""
     encoder_hidden_dim: Optional[int] = None
-    """width of the 2 hidden layers of encoder and decoder (default: 64; 128 for hopper, walker and humanoid)"""
+    """width of the 2 hidden layers of encoder and decoder (if unset: 64; 128 for hopper, walker and humanoid)"""
     beta: Optional[float] = None
-    """weight of the FOCAL distance-metric loss (default: UNICORN's per-env value; 1.0 for point-robot and humanoid-dir)"""
+    """weight of the FOCAL distance-metric loss (if unset: UNICORN's per-env value; 1.0 for point-robot and humanoid-dir)"""
     lr: float = 3e-4
     """learning rate of actor, critics, encoder and decoder"""
     gamma: Optional[float] = None
-    """discount factor (default: 0.99; 0.9 for point-robot)"""
+    """discount factor (if unset: 0.99; 0.9 for point-robot)"""
     tau: float = 0.005
     """target smoothing coefficient"""
     reward_scale: float = 5.0
