@@ -115,6 +115,19 @@ def test_same_seed_same_results(trained, data_dir, tmp_path):
     assert first == second
 
 
+def test_resumed_run_matches_uninterrupted_run(trained, data_dir, tmp_path):
+    tiny_20 = [a if a != "40" else "20" for a in TINY]
+    run("unicorn", tmp_path, *tiny_20, "--data-dir", data_dir)
+    (first_half,) = glob.glob(str(tmp_path / "runs" / "point-robot__unicorn__0__*"))
+    assert load_results(first_half)["step"] == 20
+    run("unicorn", tmp_path / "runs", *TINY, "--data-dir", data_dir, "--checkpoint", os.path.join(first_half, "checkpoint.pt"))
+    (resumed,) = glob.glob(str(tmp_path / "runs" / "runs" / "point-robot__unicorn__0__*"))
+    resumed_results, uninterrupted = load_results(resumed), load_results(trained["unicorn"][1])
+    assert resumed_results["step"] == 40
+    for protocol in ("zero_shot", "few_shot"):
+        assert resumed_results[protocol] == uninterrupted[protocol]
+
+
 def test_metanf_without_flow_and_selection_trains_exactly_unicorn(trained, data_dir, tmp_path):
     run("metanf", tmp_path, *TINY, "--data-dir", data_dir, "--no-flow", "--no-selection")
     (run_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__metanf__0__*"))
