@@ -15,8 +15,8 @@ TINY = ["--sac-steps", "400", "--learning-starts", "100", "--batch-size", "32", 
 
 
 def collect(out_dir, *extra):
-    command = [sys.executable, "collect_data.py", "--out-dir", str(out_dir), *TINY, *extra]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--out-dir", str(out_dir), *TINY, *extra]
+    result = subprocess.run(command, cwd=out_dir, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
