@@ -3,6 +3,7 @@
 #   report  results.json files and TensorBoard events -> markdown tables (Meta-NF Table 1 layout) and learning curves
 #   speed   gradient updates per second of each algorithm, achieved FLOP/s against the device's matmul rate, and
 #           the env steps per second of data collection
+#   envs    random-policy and zero-action returns and env steps per second of the seven task families
 import glob
 import json
 import os
@@ -90,6 +91,17 @@ class Speed:
     """timed updates per algorithm (after 10 warm-up updates)"""
     collect_steps: int = 300
     """timed SAC steps of data collection (updates from the first step), for 1 and for 20 tasks"""
+
+
+@dataclass
+class Envs:
+    """Print, per task family, the return of a uniform-random policy and of the zero action over one episode of a task,
+    and env steps per second through make_env (wrappers included) with random actions."""
+
+    task_id: int = 0
+    """the task of each family"""
+    seconds: float = 2.0
+    """how long to step each family for the rate"""
 
 
 def exp_name(spec: str) -> str:
@@ -287,6 +299,31 @@ def report(args: Report):
         print(f"wrote {os.path.join(args.out_dir, env + '.md')}")
 
 
+def envs(args: Envs):
+    from common.envs import ENV_NAMES, make_env
+
+    print("| env | random-policy return | zero-action return | env steps/s |\n|---|---|---|---|")
+    for name in ENV_NAMES:
+        env, cells = make_env(name, args.task_id), []
+        for policy in ("random", "zero"):
+            env.action_space.seed(0)
+            env.reset(seed=0)
+            total, steps, terminated, truncated = 0.0, 0, False, False
+            while not (terminated or truncated):
+                action = env.action_space.sample() if policy == "random" else np.zeros(env.action_space.shape, np.float32)
+                _, reward, terminated, truncated, _ = env.step(action)
+                total, steps = total + reward, steps + 1
+            cells.append(f"{total:.2f} ({steps}{', terminated' if terminated else ''})")
+        env.reset(seed=1)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < args.seconds:
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            count += 1
+            if terminated or truncated:
+                env.reset()
+        print(f"| {name} | {cells[0]} | {cells[1]} | {count / (time.perf_counter() - start):,.0f} |")
+
+
 def speed(args: Speed):
     import importlib
 
@@ -369,12 +406,14 @@ def speed(args: Speed):
 
 if __name__ == "__main__":
     command = tyro.extras.subcommand_cli_from_dict(
-        {"run": Run, "report": Report, "speed": Speed},
+        {"run": Run, "report": Report, "speed": Speed, "envs": Envs},
         description="Run grids of algorithms x envs x seeds, report their results, and time the training steps.",
     )
     if isinstance(command, Run):
         run_grid(command)
     elif isinstance(command, Report):
         report(command)
+    elif isinstance(command, Envs):
+        envs(command)
     else:
         speed(command)
