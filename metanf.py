@@ -556,6 +556,11 @@ if __name__ == "__main__":
         keep = ("checkpoint", "eval_only", "device", "exp_name", "total_steps", "eval_every", "log_every", "save_model", "data_dir")
         args = Args(**{**checkpoint["args"], **{k: getattr(args, k) for k in keep}})
     args = apply_env_defaults(args)
+    train_ids, test_ids = train_test_split(args.env, args.n_tasks, args.n_train)
+    try:
+        dataset = load_dataset(args.env, args.behavior, args.data_dir, sorted(set(train_ids + test_ids)), args.n_tasks, args.task_seed)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}")
     run_name = f"{args.env}__{args.exp_name}{'_eval' if args.eval_only else ''}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join("runs", run_name)
     writer = SummaryWriter(run_dir)
@@ -569,11 +574,6 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
 
-    train_ids, test_ids = train_test_split(args.env, args.n_tasks, args.n_train)
-    try:
-        dataset = load_dataset(args.env, args.behavior, args.data_dir, sorted(set(train_ids + test_ids)), args.n_tasks, args.task_seed)
-    except DatasetError as e:
-        raise SystemExit(f"error: {e}")
     obs_mean, obs_std = normalization_stats(dataset, train_ids)
     if checkpoint:
         obs_mean, obs_std = checkpoint["obs_mean"], checkpoint["obs_std"]
@@ -612,6 +612,12 @@ if __name__ == "__main__":
         writer.close()
         raise SystemExit(0)
 
+    n_transitions = sum(len(dataset.tasks[i]["rewards"]) for i in train_ids)
+    print(
+        f"{ALGORITHM} on {args.env}: {len(train_ids)} training tasks ({n_transitions:,} transitions of {args.behavior} data), "
+        f"{len(test_ids)} test tasks, {args.total_steps - start_step:,} gradient steps on {device}; logs in {run_dir}",
+        flush=True,
+    )
     start_time, last_log = time.time(), start_step
     for global_step in range(start_step, args.total_steps):
         task_idx = torch.randint(len(train_ids), (args.meta_batch_size,), device=device)
