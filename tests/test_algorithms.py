@@ -146,6 +146,14 @@ def test_checkpoint_of_other_algorithm_or_env_is_refused(trained, data_dir, tmp_
     assert result.returncode != 0 and "was trained on point-robot, not ant-dir" in result.stderr
 
 
+def test_non_finite_loss_stops_the_run(data_dir, tmp_path):
+    result = run("focal", tmp_path, *TINY, "--data-dir", data_dir, "--reward-scale", "nan", check=False)
+    assert result.returncode != 0
+    assert "losses/qf1_loss" in result.stderr and "became non-finite between steps 0 and 10" in result.stderr
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__focal__0__*"))
+    assert not os.path.exists(os.path.join(run_dir, "checkpoint.pt"))  # no checkpoint of a broken model is written
+
+
 def test_missing_dataset_and_unknown_env(tmp_path):
     result = run("focal", tmp_path, "--env", "cheetah-vel", "--data-dir", str(tmp_path), check=False)
     assert result.returncode != 0 and "python collect_data.py --env cheetah-vel --behavior expert" in result.stderr
