@@ -69,6 +69,9 @@ def test_report_aggregates_mean_and_population_std(tmp_path):
     assert "| train | -22.00 ± 1.63 (n=3) | -18.00 ± 0.00 (n=1) |" in text  # few-shot cells (scaled by 2)
     assert "| focal | 3 | 100 | 2.0 | 20.0 |" in text  # runtime: mean wall time 120 s, mean 20 updates/s
     assert "python x.py" in text
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "only"), plots=False, exps=["unicorn", "focal"]))
+    header = next(line for line in (tmp_path / "only" / "point-robot.md").read_text().splitlines() if line.startswith("| task set"))
+    assert header == "| task set | unicorn | focal |"
 
 
 def test_slurm_script_text(monkeypatch, tmp_path):
