@@ -456,7 +456,7 @@ def stats(values) -> dict:
     return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()), "max": float(values.max())}
 
 
-def update_metadata(args, tasks, obs_dim, act_dim, new_entries: dict):
+def update_metadata(args, obs_dim, act_dim, new_entries: dict):
     """Merge finished tasks into metadata.json (atomically), refusing to mix datasets of different settings."""
     path = os.path.join(dataset_dir(args.out_dir, args.env, args.behavior), "metadata.json")
     train_ids, test_ids = train_test_split(args.env, num_tasks(args.env, args.n_tasks), args.n_train)
@@ -535,7 +535,13 @@ if __name__ == "__main__":
 
     out = dataset_dir(args.out_dir, args.env, args.behavior)
     meta_path = os.path.join(out, "metadata.json")
-    done = json.load(open(meta_path))["tasks"] if os.path.exists(meta_path) else {}
+    done = {}
+    if os.path.exists(meta_path):
+        try:
+            with open(meta_path) as f:
+                done = json.load(f)["tasks"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise SystemExit(f"error: {meta_path} is corrupt ({e}); move the folder {out} away and run this command again")
     todo = []
     for i in task_ids:
         if str(i) in done and os.path.exists(task_file(args.out_dir, args.env, args.behavior, i)):
@@ -548,20 +554,21 @@ if __name__ == "__main__":
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     probe = make_env(args.env, 0, args.n_tasks, args.task_seed)
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+    update_metadata(args, obs_dim, act_dim, {})  # refuses, before any work, to add to a dataset of other settings
     total_start = time.time()
     for b in range(0, len(todo), args.tasks_per_batch):
         batch = todo[b : b + args.tasks_per_batch]
         batch_start = time.time()
+        trained = [i for i in batch if trained_sac_matches(args, i, all_tasks[i])]  # stops on other SAC settings
         rb = None
-        if args.behavior == "replay":
+        if args.behavior == "replay":  # the buffer is the dataset: SAC is trained again, to the same settings
             recorder = EpisodeRecorder(len(batch), args.sac_steps, obs_dim, act_dim, store_transitions=False)
             rb = train_sac(args, batch, all_tasks, device, writer, recorder)
         else:
-            reuse = [trained_sac_matches(args, i, all_tasks[i]) for i in batch]
-            if all(reuse):
-                print(f"tasks {batch}: reusing the SAC checkpoints in {os.path.dirname(sac_dir(args, batch[0]))}")
-            else:
-                train_sac(args, batch, all_tasks, device, writer)
+            if trained:
+                print(f"tasks {trained}: reusing the SAC checkpoints in {os.path.dirname(sac_dir(args, trained[0]))}")
+            if len(trained) < len(batch):
+                train_sac(args, [i for i in batch if i not in trained], all_tasks, device, writer)
             schedule = [[args.sac_steps, args.num_trajectories]] if args.behavior == "expert" else mixed_schedule(args)
             capacity = args.num_trajectories * HORIZONS[args.env]
             recorder = EpisodeRecorder(len(batch), capacity, obs_dim, act_dim)
@@ -584,7 +591,7 @@ if __name__ == "__main__":
                 f"task {i}: {len(returns)} episodes, {len(data['rewards'])} transitions, return {returns.mean():.2f} "
                 f"± {returns.std():.2f} (uniform-random policy {np.mean(random_returns):.2f})"
             )
-        update_metadata(args, all_tasks, obs_dim, act_dim, entries)
+        update_metadata(args, obs_dim, act_dim, entries)
         print(f"tasks {batch}: written to {out} in {time.time() - batch_start:,.0f} s")
     print(f"done: {len(task_ids) - len(todo)} tasks skipped, {len(todo)} collected in {time.time() - total_start:,.0f} s; {out}")
     if writer:

@@ -76,13 +76,37 @@ def test_resume_skips_finished_tasks_and_mixed_reuses_sac(point_robot):
 
     stdout = collect(out, "--env", "point-robot", "--tasks", "0", "1", "--behavior", "mixed", "--num-trajectories", "5",
                      "--num-checkpoints", "4")
-    assert "reusing the SAC checkpoints" in stdout and "SAC done" not in stdout
+    assert "tasks [0, 1]: reusing the SAC checkpoints" in stdout and "SAC done" not in stdout
     dataset = load_dataset("point-robot", "mixed", root=str(out))
     steps = dataset.tasks[0]["policy_steps"]
     # 5 trajectories over 4 checkpoints at steps 100, 200, 300, 400: the last one rolls out two
     np.testing.assert_array_equal(steps[::20], [100, 200, 300, 400, 400])
     assert dataset.metadata["mixed_checkpoint_steps"] == [[100, 1], [200, 1], [300, 1], [400, 2]]
     check_point_robot_transitions(dataset.tasks[1], np.array(get_tasks("point-robot")[1]["goal"]))
+
+
+def test_partly_trained_batch_trains_only_the_missing_task_and_other_settings_stop(point_robot, tmp_path):
+    import shutil
+
+    shutil.copytree(point_robot[0] / "point-robot" / "sac", tmp_path / "point-robot" / "sac")  # SAC of tasks 0 and 1
+    out = tmp_path
+    sac_0 = out / "point-robot" / "sac" / "seed_0" / "task_00" / "actor_step400.pt"
+    before = os.path.getmtime(sac_0)
+    stdout = collect(out, "--env", "point-robot", "--tasks", "0", "2", "--behavior", "mixed", "--num-trajectories", "2",
+                     "--num-checkpoints", "2")
+    assert "tasks [0]: reusing the SAC checkpoints" in stdout and "[point-robot tasks 2..2] SAC done" in stdout
+    assert os.path.getmtime(sac_0) == before  # task 0's SAC was not trained again
+    command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--out-dir", str(out), *TINY, "--env", "point-robot",
+               "--tasks", "0", "--behavior", "replay", "--gamma", "0.9"]
+    result = subprocess.run(command, cwd=out, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "trained with other settings" in result.stderr
+    assert os.path.getmtime(sac_0) == before
+    # a dataset of other settings is refused before any work
+    other = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--out-dir", str(out), *TINY, "--env", "point-robot",
+             "--tasks", "1", "--behavior", "mixed", "--num-trajectories", "4", "--num-checkpoints", "2"]
+    stdout_err = subprocess.run(other, cwd=out, capture_output=True, text=True, timeout=300)
+    assert stdout_err.returncode != 0 and "was collected with num_trajectories=2, this run has 4" in stdout_err.stderr
+    assert "SAC done" not in stdout_err.stdout
 
 
 def test_replay_is_the_whole_buffer(tmp_path):
