@@ -489,6 +489,13 @@ def update_metadata(args, obs_dim, act_dim, new_entries: dict):
         for k in ("format_version", "env", "behavior", "task_set", "collection_seed", "num_trajectories", "sac"):
             if existing.get(k) != json.loads(json.dumps(header[k])):
                 raise SystemExit(f"error: {path} was collected with {k}={existing.get(k)}, this run has {header[k]}")
+        for package in ("gymnasium", "mujoco"):  # never mix transitions of different simulators in one dataset
+            if existing["versions"][package] != header["versions"][package]:
+                raise SystemExit(
+                    f"error: {path} was collected with {package} {existing['versions'][package]}, this run has "
+                    f"{header['versions'][package]}; collect into another --out-dir"
+                )
+        header["versions"] = existing["versions"]  # the versions the data were made with
         metadata["tasks"] = existing["tasks"]
     metadata["tasks"].update({str(k): v for k, v in new_entries.items()})
     metadata["tasks"] = dict(sorted(metadata["tasks"].items(), key=lambda kv: int(kv[0])))

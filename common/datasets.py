@@ -156,6 +156,8 @@ def load_dataset(
     expected_tasks = get_tasks(env, n_tasks, task_seed)
     complete = sorted(int(i) for i in metadata["tasks"])
     task_ids = complete if task_ids is None else list(task_ids)
+    if not task_ids:
+        raise DatasetError(f"{folder}: no task has been collected yet; create them with:\n    {command}")
     for task_id in task_ids:
         if not 0 <= task_id < len(expected_tasks):
             raise DatasetError(f"task id {task_id} is out of range for {env}: valid ids are 0..{len(expected_tasks) - 1}")

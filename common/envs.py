@@ -147,7 +147,7 @@ class TaskMujocoEnv(MujocoEnv):
         self.action_space = spaces.Box(-1.0, 1.0, (self.model.nu,), np.float32)
 
     def _initialize_simulation(self):
-        # gymnasium's half_cheetah.xml uses `settotalmass`, which MuJoCo >= 3.3 compiles with a deprecation warning
+        # gymnasium's half_cheetah.xml uses `settotalmass`, which MuJoCo 4.0 compiles with a deprecation warning
         # printed at every construction; the compiled masses are unchanged, so that one message is dropped here.
         def forward_warning(message):
             if "settotalmass" not in message:

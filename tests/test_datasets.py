@@ -133,6 +133,28 @@ def test_missing_dataset_prints_collect_command(tmp_path):
         load_dataset("ant-direction", root=str(tmp_path))
 
 
+def test_dataset_with_no_finished_task(tmp_path):
+    # collect_data.py writes metadata.json before its first task is done
+    folder = tmp_path / "point-robot" / "expert"
+    folder.mkdir(parents=True)
+    (folder / "metadata.json").write_text(json.dumps({"format_version": 1, "env": "point-robot", "behavior": "expert", "tasks": {}}))
+    with pytest.raises(DatasetError, match="(?s)no task has been collected yet.*python collect_data.py --env point-robot"):
+        load_dataset("point-robot", root=str(tmp_path))
+
+
+def test_other_simulator_version_is_refused(point_robot, tmp_path):
+    copy_dataset(point_robot[0], tmp_path)
+    meta = tmp_path / "point-robot" / "expert" / "metadata.json"
+    metadata = json.loads(meta.read_text())
+    metadata["versions"]["mujoco"] = "2.1.0"
+    meta.write_text(json.dumps(metadata))
+    command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--out-dir", str(tmp_path), *TINY, "--env", "point-robot",
+               "--tasks", "2", "--num-trajectories", "3"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "was collected with mujoco 2.1.0" in result.stderr
+    assert json.loads(meta.read_text())["versions"]["mujoco"] == "2.1.0"  # the record is kept
+
+
 def test_uncollected_task_and_other_task_set(point_robot):
     out, _ = point_robot
     with pytest.raises(DatasetError, match="task 5 has not been collected"):
