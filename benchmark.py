@@ -204,14 +204,15 @@ def run_grid(args: Run):
 
 
 def collect_runs(runs_dir: str) -> dict:
-    """{(env, exp_name): {seed: (run_dir, results)}}: the newest finished training run of every cell."""
+    """{(env, exp_name): {seed: (run_dir, results)}}: the newest finished run of every cell. A finished run is a training
+    run that reached its total_steps, or an --eval-only run (its exp_name ends in _eval) of such a run's final checkpoint."""
     cells = {}
     for path in sorted(glob.glob(os.path.join(runs_dir, "*", "results.json"))):
         run_dir = os.path.dirname(path)
         with open(path) as f:
             results = json.load(f)
-        if "checkpoint" in results or results["step"] != results["total_steps"]:
-            continue  # an --eval-only run, or a run still going
+        if results["step"] != results["total_steps"]:
+            continue  # a run still going, or an --eval-only run of an intermediate checkpoint
         env, exp, seed, stamp = os.path.basename(run_dir).split("__")
         cell = cells.setdefault((env, exp), {})
         if int(seed) not in cell or stamp > os.path.basename(cell[int(seed)][0]).split("__")[3]:
@@ -242,6 +243,9 @@ def env_report(env: str, cells: dict, command: str) -> str:
               "|---|---|---|---|---|"]
     for a in algos:
         runs = [r for _, r in cells[(env, a)].values()]
+        if "checkpoint" in runs[0]:
+            lines.append(f"| {a} | {len(runs)} | {runs[0]['total_steps']:,} | evaluation of saved checkpoints | — |")
+            continue
         lines.append(f"| {a} | {len(runs)} | {runs[0]['total_steps']:,} | {np.mean([r['wall_time'] for r in runs]) / 60:.1f} | "
                      f"{np.mean([r['updates_per_second'] for r in runs]):.1f} |")
     lines += ["", f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.", ""]
@@ -262,7 +266,9 @@ def curves(env: str, cells: dict, out_dir: str) -> list:
             tag = f"eval/{protocol}/{task_set}_return"
             for exp in [e for v, e in cells if v == env]:
                 series = []
-                for run_dir, _ in cells[(env, exp)].values():
+                for run_dir, results in cells[(env, exp)].values():
+                    if "checkpoint" in results:
+                        continue  # an evaluation of a final checkpoint has one point, no curve
                     events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
                     events.Reload()
                     if tag in events.Tags()["scalars"]:

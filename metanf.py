@@ -80,7 +80,7 @@ class Args:
     flow: bool = True
     """actor: the conditional normalizing flow (--no-flow: the backbone's tanh-Gaussian TD3+BC actor)"""
     selection: bool = True
-    """zero-shot z: the code that best reconstructs the observed context (--no-selection: the mean code)"""
+    """zero-shot z: the code best reconstructing the observed context (--no-selection: the mean code); with --checkpoint, as given here"""
     flow_blocks: int = 4
     """flow: number of blocks (LU invertible linear + affine coupling)"""
     flow_embedding_dim: int = 64
@@ -553,7 +553,8 @@ if __name__ == "__main__":
         raise SystemExit("error: --eval-only needs --checkpoint PATH")
     checkpoint = load_checkpoint(args.checkpoint, args) if args.checkpoint else None
     if checkpoint:  # the saved run's arguments define the networks and the task set; eval and run options stay
-        keep = ("checkpoint", "eval_only", "device", "exp_name", "total_steps", "eval_every", "log_every", "save_model", "data_dir")
+        keep = ("checkpoint", "eval_only", "device", "exp_name", "total_steps", "eval_every", "log_every", "save_model", "data_dir",
+                "selection")
         args = Args(**{**checkpoint["args"], **{k: getattr(args, k) for k in keep}})
     args = apply_env_defaults(args)
     train_ids, test_ids = train_test_split(args.env, args.n_tasks, args.n_train)
@@ -607,8 +608,9 @@ if __name__ == "__main__":
         return results
 
     if args.eval_only:
-        results = run_evaluation(checkpoint["step"])
-        atomic_write_json(os.path.join(run_dir, "results.json"), {**results, "checkpoint": args.checkpoint})
+        results = run_evaluation(checkpoint["step"])  # total_steps: the budget of the run that saved the checkpoint
+        results.update(total_steps=checkpoint["args"]["total_steps"], checkpoint=args.checkpoint)
+        atomic_write_json(os.path.join(run_dir, "results.json"), results)
         writer.close()
         raise SystemExit(0)
 

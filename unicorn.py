@@ -436,8 +436,9 @@ if __name__ == "__main__":
         return results
 
     if args.eval_only:
-        results = run_evaluation(checkpoint["step"])
-        atomic_write_json(os.path.join(run_dir, "results.json"), {**results, "checkpoint": args.checkpoint})
+        results = run_evaluation(checkpoint["step"])  # total_steps: the budget of the run that saved the checkpoint
+        results.update(total_steps=checkpoint["args"]["total_steps"], checkpoint=args.checkpoint)
+        atomic_write_json(os.path.join(run_dir, "results.json"), results)
         writer.close()
         raise SystemExit(0)
 

@@ -104,6 +104,18 @@ def test_eval_only_reproduces_saved_numbers(trained, data_dir, script):
     saved, reproduced = load_results(run_dir), load_results(eval_dir)
     for protocol in ("zero_shot", "few_shot"):
         assert reproduced[protocol] == saved[protocol]
+    assert (reproduced["step"], reproduced["total_steps"]) == (saved["step"], saved["total_steps"])
+    assert reproduced["checkpoint"].endswith("checkpoint.pt")
+
+
+def test_metanf_selection_is_chosen_at_evaluation(trained, data_dir, tmp_path):
+    _, run_dir = trained["metanf"]
+    run("metanf", tmp_path, "--env", "point-robot", "--data-dir", data_dir, "--eval-only", "--no-selection",
+        "--exp-name", "metanf-no-selection", "--checkpoint", os.path.join(run_dir, "checkpoint.pt"))
+    (eval_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__metanf-no-selection_eval__0__*"))
+    saved, mean_code = load_results(run_dir), load_results(eval_dir)
+    assert mean_code["few_shot"] == saved["few_shot"]  # selection only changes the zero-shot z
+    assert mean_code["zero_shot"] != saved["zero_shot"]
 
 
 def test_same_seed_same_results(trained, data_dir, tmp_path):

@@ -11,11 +11,14 @@ sys.path.insert(0, ROOT)
 import benchmark  # noqa: E402
 
 
-def write_run(runs_dir, env, exp, seed, stamp, zero_train, zero_test, step=100, total=100):
+def write_run(runs_dir, env, exp, seed, stamp, zero_train, zero_test, step=100, total=100, checkpoint=None):
     run_dir = os.path.join(runs_dir, f"{env}__{exp}__{seed}__{stamp}")
     os.makedirs(run_dir)
-    results = {"algorithm": exp.split("-")[0], "env": env, "seed": seed, "step": step, "total_steps": total,
-               "wall_time": 60.0 * (seed + 1), "updates_per_second": 10.0 * (seed + 1)}
+    results = {"algorithm": exp.split("-")[0], "env": env, "seed": seed, "step": step, "total_steps": total}
+    if checkpoint:  # an --eval-only run
+        results["checkpoint"] = checkpoint
+    else:
+        results.update(wall_time=60.0 * (seed + 1), updates_per_second=10.0 * (seed + 1))
     for protocol, scale in (("zero_shot", 1.0), ("few_shot", 2.0)):
         results[protocol] = {"train": {"mean": scale * zero_train, "per_task": {}}, "test": {"mean": scale * zero_test, "per_task": {}}}
     with open(os.path.join(run_dir, "results.json"), "w") as f:
@@ -72,6 +75,19 @@ def test_report_aggregates_mean_and_population_std(tmp_path):
     benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "only"), plots=False, exps=["unicorn", "focal"]))
     header = next(line for line in (tmp_path / "only" / "point-robot.md").read_text().splitlines() if line.startswith("| task set"))
     assert header == "| task set | unicorn | focal |"
+
+
+def test_report_includes_evaluations_of_final_checkpoints(tmp_path):
+    runs = str(tmp_path / "runs")
+    for seed in (0, 1):
+        write_run(runs, "point-robot", "metanf", seed, 5, -10.0, -15.0)
+        write_run(runs, "point-robot", "metanf-no-selection_eval", seed, 6, -11.0 - seed, -16.0, checkpoint="c.pt")
+    write_run(runs, "point-robot", "metanf-no-selection_eval", 2, 6, 99.0, 99.0, step=50, checkpoint="c.pt")  # intermediate
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "results"), plots=True))
+    text = (tmp_path / "results" / "point-robot.md").read_text()
+    assert "| task set | metanf | metanf-no-selection_eval |" in text
+    assert "| train | -10.00 ± 0.00 (n=2) | -11.50 ± 0.50 (n=2) |" in text
+    assert "| metanf-no-selection_eval | 2 | 100 | evaluation of saved checkpoints | — |" in text
 
 
 def test_slurm_script_text(monkeypatch, tmp_path):
