@@ -39,6 +39,9 @@ class Run:
     """seeds"""
     extra: str = ""
     """arguments appended to every command, written with '=': --extra='--total-steps 50000 --device cuda'"""
+    eval_of: Optional[str] = None
+    """evaluate instead of train: each cell runs --eval-only on the final checkpoint of this experiment's run of the same
+    env and seed, e.g. --algos 'metanf --no-selection' --eval-of metanf"""
     workers: int = 0
     """processes run at once; 0 only prints the commands (a dry run)"""
     threads: Optional[int] = None
@@ -113,6 +116,8 @@ def exp_name(spec: str) -> str:
 
 
 def grid(args: Run) -> list:
+    """One cell per algorithm x env x seed: {env, exp_name (the run folder's), seed, argv}; with --eval-of, a cell whose
+    checkpoint is not there yet has argv None and a `missing` message."""
     commands = []
     for spec in args.algos:
         script, *flags = shlex.split(spec)
@@ -122,8 +127,17 @@ def grid(args: Run) -> list:
         for env in args.envs:
             for seed in args.seeds:
                 command = [sys.executable, os.path.relpath(path), "--env", env, "--seed", str(seed), "--exp-name", exp_name(spec)]
-                commands.append({"env": env, "exp_name": exp_name(spec), "seed": seed,
-                                 "argv": command + flags + shlex.split(args.extra)})
+                command += flags + shlex.split(args.extra)
+                cell = {"env": env, "exp_name": exp_name(spec), "seed": seed, "argv": command}
+                if args.eval_of:
+                    cell["exp_name"] += "_eval"
+                    source = finished(args.runs_dir, {"env": env, "exp_name": args.eval_of, "seed": seed, "argv": command})
+                    if source:
+                        command += ["--eval-only", "--checkpoint", os.path.join(source, "checkpoint.pt")]
+                    else:
+                        cell["argv"] = None
+                        cell["missing"] = f"no finished {args.eval_of} run of {env}, seed {seed} in {args.runs_dir} to evaluate"
+                commands.append(cell)
     return commands
 
 
@@ -132,9 +146,10 @@ def requested_total_steps(argv: list) -> Optional[int]:
 
 
 def finished(runs_dir: str, cell: dict) -> Optional[str]:
-    """The run folder whose results.json holds the final step of this cell, if any."""
+    """The newest run folder whose results.json holds the final step of this cell, if any."""
     wanted = requested_total_steps(cell["argv"])
-    for path in sorted(glob.glob(os.path.join(runs_dir, f"{cell['env']}__{cell['exp_name']}__{cell['seed']}__*", "results.json"))):
+    for path in sorted(glob.glob(os.path.join(runs_dir, f"{cell['env']}__{cell['exp_name']}__{cell['seed']}__*", "results.json")),
+                       reverse=True):
         with open(path) as f:
             results = json.load(f)
         if results["step"] == results["total_steps"] and wanted in (None, results["total_steps"]):
@@ -158,8 +173,11 @@ def slurm_script(args: Run, commands: list) -> str:
 
 def run_grid(args: Run):
     cells = grid(args)
+    missing = [cell["missing"] for cell in cells if cell["argv"] is None]
+    for message in missing:
+        print(f"cannot run: {message}")
     todo = []
-    for cell in cells:
+    for cell in (cell for cell in cells if cell["argv"] is not None):
         done = finished(args.runs_dir, cell)
         if done:
             print(f"skip (finished in {done}): {shlex.join(cell['argv'])}")
@@ -199,7 +217,9 @@ def run_grid(args: Run):
     print(f"{len(todo) - len(failures)} of {len(todo)} runs succeeded")
     for cell, log in failures:
         print(f"  failed: {shlex.join(cell['argv'])}\n    log: {log}")
-    if failures:
+    for message in missing:
+        print(f"  not run: {message}")
+    if failures or missing:
         raise SystemExit(1)
 
 

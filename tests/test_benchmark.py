@@ -42,6 +42,22 @@ def test_grid_expansion_and_exp_names(monkeypatch):
         benchmark.grid(benchmark.Run(algos=["dqn"]))
 
 
+def test_eval_of_evaluates_the_newest_final_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    runs = str(tmp_path)
+    write_run(runs, "point-robot", "metanf", 0, 1, -10, -15)
+    newest = write_run(runs, "point-robot", "metanf", 0, 2, -10, -15)
+    write_run(runs, "point-robot", "metanf", 1, 3, -10, -15, step=50)  # unfinished: nothing to evaluate
+    args = benchmark.Run(algos=["metanf --no-selection"], seeds=[0, 1], runs_dir=runs, eval_of="metanf")
+    cell, missing = benchmark.grid(args)
+    assert cell["exp_name"] == "metanf-no-selection_eval"
+    assert cell["argv"][-4:] == ["--no-selection", "--eval-only", "--checkpoint", os.path.join(newest, "checkpoint.pt")]
+    assert missing["argv"] is None and "no finished metanf run of point-robot, seed 1" in missing["missing"]
+    benchmark.run_grid(args)
+    out = capsys.readouterr().out
+    assert "cannot run: no finished metanf run of point-robot, seed 1" in out and "# 1 commands" in out
+
+
 def test_finished_runs_are_skipped(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     runs = str(tmp_path)
@@ -117,8 +133,16 @@ def test_tiny_real_run_and_report(tmp_path):
     again = subprocess.run([*bench, "run", "--algos", "focal", "--seeds", "0", "1", "--workers", "2", f"--extra={extra}"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.stdout.count("skip (finished") == 2
+    result = subprocess.run([*bench, "run", "--algos", "focal", "--eval-of", "focal", "--seeds", "0", "1", "--workers", "2",
+                             f"--extra={extra}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "2 of 2 runs succeeded" in result.stdout, result.stdout + result.stderr
     result = subprocess.run([*bench, "report"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     text = (tmp_path / "results" / "point-robot.md").read_text()
     assert "(n=2)" in text and "## zero-shot" in text and "## few-shot" in text
+    header, _, train, test = text.split("## zero-shot")[1].strip().splitlines()[:4]
+    assert header == "| task set | focal | focal_eval |"
+    for row in (train, test):  # evaluating the final checkpoints again gives the runs' own numbers
+        cells = row.split(" | ")
+        assert cells[1] == cells[2].rstrip(" |")
     assert (tmp_path / "results" / "point-robot_zero_shot.png").stat().st_size > 1000
