@@ -104,6 +104,8 @@ def test_report_includes_evaluations_of_final_checkpoints(tmp_path):
     assert "| task set | metanf | metanf-no-selection_eval |" in text
     assert "| train | -10.00 ± 0.00 (n=2) | -11.50 ± 0.50 (n=2) |" in text
     assert "| metanf-no-selection_eval | 2 | 100 | evaluation of saved checkpoints | — |" in text
+    assert "| train (paper) | -10.11 ± 0.76 | -12.40 ± 0.59 |" in text  # Meta-NF's Table 1: full, w/o selection
+    assert "| test (paper) | -14.53 ± 0.81 | -17.38 ± 1.21 |" in text
 
 
 def test_slurm_script_text(monkeypatch, tmp_path):
