@@ -211,14 +211,19 @@ def requested_total_steps(argv: list) -> Optional[int]:
     return int(argv[argv.index("--total-steps") + 1]) if "--total-steps" in argv else None
 
 
-def finished(runs_dir: str, cell: dict) -> Optional[str]:
-    """The newest run folder whose results.json holds the final step of this cell, if any."""
+def finished(runs_dir: str, cell: dict, interrupted: bool = False) -> Optional[str]:
+    """The newest run folder of this cell whose results.json holds the final step (or, with interrupted, an earlier step
+    and a checkpoint.pt to resume from), at the requested total steps if --total-steps is given."""
     wanted = requested_total_steps(cell["argv"])
     for path in sorted(glob.glob(os.path.join(runs_dir, f"{cell['env']}__{cell['exp_name']}__{cell['seed']}__*", "results.json")),
                        reverse=True):
         with open(path) as f:
             results = json.load(f)
-        if results["step"] == results["total_steps"] and wanted in (None, results["total_steps"]):
+        if wanted not in (None, results["total_steps"]):
+            continue
+        if not interrupted and results["step"] == results["total_steps"]:
+            return os.path.dirname(path)
+        if interrupted and results["step"] < results["total_steps"] and os.path.exists(path.replace("results.json", "checkpoint.pt")):
             return os.path.dirname(path)
     return None
 
@@ -247,8 +252,12 @@ def run_grid(args: Run):
         done = finished(args.runs_dir, cell)
         if done:
             print(f"skip (finished in {done}): {shlex.join(cell['argv'])}")
-        else:
-            todo.append(cell)
+            continue
+        stopped = finished(args.runs_dir, cell, interrupted=True)
+        if stopped:  # goes on from its last checkpoint, in its own folder
+            cell["argv"] = cell["argv"] + ["--checkpoint", os.path.join(stopped, "checkpoint.pt")]
+            print(f"resume (interrupted in {stopped}): {shlex.join(cell['argv'])}")
+        todo.append(cell)
     if args.slurm:
         if not todo:
             return print("nothing to submit")

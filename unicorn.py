@@ -390,8 +390,12 @@ if __name__ == "__main__":
         dataset = load_dataset(args.env, args.behavior, args.data_dir, sorted(set(train_ids + test_ids)), args.n_tasks, args.task_seed)
     except DatasetError as e:
         raise SystemExit(f"error: {e}")
-    run_name = f"{args.env}__{args.exp_name}{'_eval' if args.eval_only else ''}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join("runs", run_name)
+    interrupted = checkpoint is not None and not args.eval_only and checkpoint["step"] < checkpoint["args"]["total_steps"]
+    if interrupted:  # the run goes on in its own folder; a finished run trained further gets a new one
+        run_dir = os.path.dirname(os.path.abspath(args.checkpoint))
+    else:
+        run_name = f"{args.env}__{args.exp_name}{'_eval' if args.eval_only else ''}__{args.seed}__{int(time.time())}"
+        run_dir = os.path.join("runs", run_name)
     writer = SummaryWriter(run_dir)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     atomic_write_json(os.path.join(run_dir, "args.json"), asdict(args))
@@ -449,6 +453,7 @@ if __name__ == "__main__":
         flush=True,
     )
     start_time, last_log = time.time(), start_step
+    earlier_wall_time = checkpoint.get("wall_time", 0.0) if checkpoint else 0.0
     for global_step in range(start_step, args.total_steps):
         task_idx = torch.randint(len(train_ids), (args.meta_batch_size,), device=device)
         batch = train_sampler.sample(task_idx, args.batch_size)
@@ -472,8 +477,8 @@ if __name__ == "__main__":
             last_log = step
         if step % args.eval_every == 0 or step == args.total_steps:
             results = run_evaluation(step)
-            results["wall_time"] = time.time() - start_time
-            results["updates_per_second"] = (step - start_step) / results["wall_time"]
+            results["wall_time"] = earlier_wall_time + time.time() - start_time  # of the whole run, resumed or not
+            results["updates_per_second"] = (step - start_step) / (time.time() - start_time)
             print(f"step {step}: {results['updates_per_second']:,.0f} updates/s", flush=True)
             if args.save_model:
                 state = {
@@ -484,6 +489,7 @@ if __name__ == "__main__":
                     "obs_mean": obs_mean,
                     "obs_std": obs_std,
                     "rng_state": torch.get_rng_state(),
+                    "wall_time": results["wall_time"],
                 }
                 atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda p: torch.save(state, p), suffix=".pt")
             atomic_write_json(os.path.join(run_dir, "results.json"), results)

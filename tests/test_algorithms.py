@@ -127,17 +127,28 @@ def test_same_seed_same_results(trained, data_dir, tmp_path):
     assert first == second
 
 
-def test_resumed_run_matches_uninterrupted_run(trained, data_dir, tmp_path):
-    tiny_20 = [a if a != "40" else "20" for a in TINY]
-    run("unicorn", tmp_path, *tiny_20, "--data-dir", data_dir)
-    (first_half,) = glob.glob(str(tmp_path / "runs" / "point-robot__unicorn__0__*"))
-    assert load_results(first_half)["step"] == 20
-    run("unicorn", tmp_path / "runs", *TINY, "--data-dir", data_dir, "--checkpoint", os.path.join(first_half, "checkpoint.pt"))
-    (resumed,) = glob.glob(str(tmp_path / "runs" / "runs" / "point-robot__unicorn__0__*"))
-    resumed_results, uninterrupted = load_results(resumed), load_results(trained["unicorn"][1])
-    assert resumed_results["step"] == 40
+def test_interrupted_run_resumes_in_its_folder_like_an_uninterrupted_run(trained, data_dir, tmp_path):
+    run("unicorn", tmp_path, *[a if a != "40" else "20" for a in TINY], "--data-dir", data_dir)
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__unicorn__0__*"))
+    path = os.path.join(run_dir, "checkpoint.pt")
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["args"]["total_steps"] = 40  # as if a 40-step run had stopped after its step-20 checkpoint
+    torch.save(checkpoint, path)
+    (tmp_path / "elsewhere").mkdir()
+    run("unicorn", tmp_path / "elsewhere", *TINY, "--data-dir", data_dir, "--checkpoint", path)
+    assert not (tmp_path / "elsewhere" / "runs").exists()  # it went on in its own folder
+    resumed, uninterrupted = load_results(run_dir), load_results(trained["unicorn"][1])
+    assert resumed["step"] == 40 and resumed["wall_time"] > checkpoint["wall_time"]
     for protocol in ("zero_shot", "few_shot"):
-        assert resumed_results[protocol] == uninterrupted[protocol]
+        assert resumed[protocol] == uninterrupted[protocol]
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/zero_shot/test_return")] == [20, 40]
+    # a finished run trained further gets a new folder; the finished one stays as it was
+    run("unicorn", tmp_path, *[a if a != "40" else "60" for a in TINY], "--data-dir", data_dir, "--checkpoint", path)
+    assert load_results(run_dir)["step"] == 40
+    (longer,) = set(glob.glob(str(tmp_path / "runs" / "point-robot__unicorn__0__*"))) - {run_dir}
+    assert load_results(longer)["step"] == 60
 
 
 def test_metanf_without_flow_and_selection_trains_exactly_unicorn(trained, data_dir, tmp_path):

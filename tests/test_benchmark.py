@@ -62,12 +62,16 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     runs = str(tmp_path)
     write_run(runs, "point-robot", "focal", 0, 1, -10, -15)  # finished
-    write_run(runs, "point-robot", "focal", 1, 1, -10, -15, step=50)  # interrupted
-    write_run(runs, "point-robot", "unicorn", 0, 1, -10, -15, total=100)  # finished, but at another budget
+    stopped = write_run(runs, "point-robot", "focal", 1, 1, -10, -15, step=50)  # interrupted after its step-50 checkpoint
+    open(os.path.join(stopped, "checkpoint.pt"), "w").close()
+    write_run(runs, "point-robot", "unicorn", 0, 1, -10, -15, total=100)  # finished (a run of 200 steps would not be)
+    write_run(runs, "point-robot", "unicorn", 1, 1, -10, -15, step=50)  # interrupted before any checkpoint: starts again
     args = benchmark.Run(algos=["focal", "unicorn"], seeds=[0, 1], runs_dir=runs, extra="--total-steps 100")
     benchmark.run_grid(args)
     out = capsys.readouterr().out
     assert out.count("skip (finished") == 2 and "# 2 commands" in out
+    resumed = [line for line in out.splitlines() if line.startswith("resume (interrupted in")]
+    assert len(resumed) == 1 and resumed[0].endswith(f"--seed 1 --exp-name focal --total-steps 100 --checkpoint {stopped}/checkpoint.pt")
     args.extra = "--total-steps 200"
     benchmark.run_grid(args)
     assert "skip" not in capsys.readouterr().out
