@@ -199,7 +199,7 @@ def grid(args: Run) -> list:
                     cell["exp_name"] += "_eval"
                     source = finished(args.runs_dir, {"env": env, "exp_name": args.eval_of, "seed": seed, "argv": command})
                     if source:
-                        command += ["--eval-only", "--checkpoint", os.path.join(source, "checkpoint.pt")]
+                        cell["argv"] = command + ["--eval-only", "--checkpoint", os.path.join(source, "checkpoint.pt")]
                     else:
                         cell["argv"] = None
                         cell["missing"] = f"no finished {args.eval_of} run of {env}, seed {seed} in {args.runs_dir} to evaluate"
