@@ -5,6 +5,7 @@
 #   speed   gradient updates per second of each algorithm, achieved FLOP/s against the device's matmul rate, and
 #           the env steps per second of data collection
 #   envs    random-policy and zero-action returns and env steps per second of the seven task families
+import ast
 import glob
 import json
 import os
@@ -146,6 +147,8 @@ class Report:
     """the command that produced the runs, written above the tables"""
     plots: bool = True
     """draw learning curves from the TensorBoard events (needs matplotlib)"""
+    total_steps: Optional[int] = None
+    """report the runs trained for this many gradient steps (if unset: each column's largest budget); budgets never mix"""
 
 
 @dataclass
@@ -207,19 +210,37 @@ def grid(args: Run) -> list:
     return commands
 
 
-def requested_total_steps(argv: list) -> Optional[int]:
-    return int(argv[argv.index("--total-steps") + 1]) if "--total-steps" in argv else None
+def default_total_steps(script: str) -> int:
+    """The `total_steps` default of a script's Args, read from its source (importing it would import torch)."""
+    with open(script) as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "Args":
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and getattr(item.target, "id", None) == "total_steps":
+                    return ast.literal_eval(item.value)
+    raise SystemExit(f"error: {script} has no `total_steps` default in its Args")
+
+
+def requested_total_steps(argv: list) -> int:
+    """The --total-steps of a command, or its script's default when the command does not give it."""
+    for i, arg in enumerate(argv):
+        if arg == "--total-steps":
+            return int(argv[i + 1])
+        if arg.startswith("--total-steps="):
+            return int(arg.split("=", 1)[1])
+    return default_total_steps(argv[1])
 
 
 def finished(runs_dir: str, cell: dict, interrupted: bool = False) -> Optional[str]:
     """The newest run folder of this cell whose results.json holds the final step (or, with interrupted, an earlier step
-    and a checkpoint.pt to resume from), at the requested total steps if --total-steps is given."""
+    and a checkpoint.pt to resume from), trained for the command's total steps (its --total-steps or the script's default)."""
     wanted = requested_total_steps(cell["argv"])
     for path in sorted(glob.glob(os.path.join(runs_dir, f"{cell['env']}__{cell['exp_name']}__{cell['seed']}__*", "results.json")),
                        reverse=True):
         with open(path) as f:
             results = json.load(f)
-        if wanted not in (None, results["total_steps"]):
+        if results["total_steps"] != wanted:
             continue
         if not interrupted and results["step"] == results["total_steps"]:
             return os.path.dirname(path)
@@ -281,7 +302,9 @@ def run_grid(args: Run):
         log = os.path.join(args.runs_dir, "logs", f"{cell['env']}__{cell['exp_name']}__{cell['seed']}.log")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         start = time.time()
-        with open(log, "w") as f:
+        with open(log, "a") as f:  # a cell's earlier runs (other budgets, interrupted parts) keep their logs
+            f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(cell['argv'])}\n")
+            f.flush()
             returncode = subprocess.run(cell["argv"], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
         print(f"{'done' if returncode == 0 else 'FAILED'} in {time.time() - start:,.0f} s: {shlex.join(cell['argv'])}", flush=True)
         return cell, returncode, log
@@ -298,10 +321,11 @@ def run_grid(args: Run):
         raise SystemExit(1)
 
 
-def collect_runs(runs_dir: str) -> dict:
-    """{(env, exp_name): {seed: (run_dir, results)}}: the newest finished run of every cell. A finished run is a training
-    run that reached its total_steps, or an --eval-only run (its exp_name ends in _eval) of such a run's final checkpoint."""
-    cells = {}
+def collect_runs(runs_dir: str, total_steps: Optional[int] = None) -> dict:
+    """{(env, exp_name): {seed: (run_dir, results)}}: the newest finished run of every cell, all of one budget per column:
+    total_steps if given, else the column's largest. A finished run is a training run that reached its total_steps, or
+    an --eval-only run (its exp_name ends in _eval) of such a run's final checkpoint."""
+    budgets = {}
     for path in sorted(glob.glob(os.path.join(runs_dir, "*", "results.json"))):
         run_dir = os.path.dirname(path)
         with open(path) as f:
@@ -309,9 +333,14 @@ def collect_runs(runs_dir: str) -> dict:
         if results["step"] != results["total_steps"]:
             continue  # a run still going, or an --eval-only run of an intermediate checkpoint
         env, exp, seed, stamp = os.path.basename(run_dir).split("__")
-        cell = cells.setdefault((env, exp), {})
+        cell = budgets.setdefault((env, exp), {}).setdefault(results["total_steps"], {})
         if int(seed) not in cell or stamp > os.path.basename(cell[int(seed)][0]).split("__")[3]:
             cell[int(seed)] = (run_dir, results)
+    cells = {}
+    for key, by_budget in budgets.items():
+        budget = total_steps if total_steps is not None else max(by_budget)
+        if budget in by_budget:
+            cells[key] = by_budget[budget]
     return cells
 
 
@@ -392,12 +421,13 @@ def curves(env: str, cells: dict, out_dir: str) -> list:
 
 
 def report(args: Report):
-    found = collect_runs(args.runs_dir)
+    found = collect_runs(args.runs_dir, args.total_steps)
     exps = args.exps or sorted({exp for _, exp in found})
     cells = {(env, exp): found[(env, exp)] for exp in exps for env in sorted({e for e, _ in found}) if (env, exp) in found}
     envs = args.envs or sorted({env for env, _ in cells})
     if not cells:
-        raise SystemExit(f"error: no finished runs in {args.runs_dir} (a finished run's results.json has step == total_steps)")
+        budget = f" trained for {args.total_steps:,} steps" if args.total_steps is not None else ""
+        raise SystemExit(f"error: no finished runs{budget} in {args.runs_dir} (a finished run's results.json has step == total_steps)")
     os.makedirs(args.out_dir, exist_ok=True)
     for env in envs:
         text = env_report(env, cells, args.command)

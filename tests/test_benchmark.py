@@ -50,8 +50,12 @@ def test_eval_of_evaluates_the_newest_final_checkpoint(tmp_path, monkeypatch, ca
     write_run(runs, "point-robot", "metanf", 1, 3, -10, -15, step=50)  # unfinished: nothing to evaluate
     args = benchmark.Run(algos=["metanf --no-selection"], seeds=[0, 1], runs_dir=runs, eval_of="metanf")
     cell, missing = benchmark.grid(args)
+    assert cell["argv"] is None  # the source runs are of 100 steps, not of metanf.py's default budget
+    args.extra = "--total-steps 100"
+    cell, missing = benchmark.grid(args)
     assert cell["exp_name"] == "metanf-no-selection_eval"
-    assert cell["argv"][-4:] == ["--no-selection", "--eval-only", "--checkpoint", os.path.join(newest, "checkpoint.pt")]
+    assert cell["argv"][-6:] == ["--no-selection", "--total-steps", "100", "--eval-only", "--checkpoint",
+                                 os.path.join(newest, "checkpoint.pt")]
     assert missing["argv"] is None and "no finished metanf run of point-robot, seed 1" in missing["missing"]
     benchmark.run_grid(args)
     out = capsys.readouterr().out
@@ -77,6 +81,22 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch, capsys):
     assert "skip" not in capsys.readouterr().out
 
 
+def test_a_command_without_total_steps_wants_the_script_default(tmp_path, monkeypatch, capsys):
+    import focal
+    import metanf
+
+    monkeypatch.chdir(ROOT)
+    assert benchmark.default_total_steps("focal.py") == focal.Args().total_steps
+    assert benchmark.default_total_steps("metanf.py") == metanf.Args().total_steps
+    assert benchmark.requested_total_steps(["python", "focal.py", "--total-steps=300"]) == 300
+    runs = str(tmp_path)
+    write_run(runs, "point-robot", "focal", 0, 1, -10, -15, total=100)  # a shorter reproduction run
+    write_run(runs, "point-robot", "focal", 1, 1, -10, -15, step=focal.Args().total_steps, total=focal.Args().total_steps)
+    benchmark.run_grid(benchmark.Run(algos=["focal"], seeds=[0, 1], runs_dir=runs))
+    out = capsys.readouterr().out
+    assert "skip (finished" in out and out.count("skip") == 1 and "--seed 0 --exp-name focal\n" in out
+
+
 def test_report_aggregates_mean_and_population_std(tmp_path):
     runs = str(tmp_path / "runs")
     for seed, (train, test) in enumerate([(-10.0, -15.0), (-12.0, -17.0), (-11.0, -19.0)]):
@@ -95,6 +115,23 @@ def test_report_aggregates_mean_and_population_std(tmp_path):
     benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "only"), plots=False, exps=["unicorn", "focal"]))
     header = next(line for line in (tmp_path / "only" / "point-robot.md").read_text().splitlines() if line.startswith("| task set"))
     assert header == "| task set | unicorn | focal |"
+
+
+def test_report_never_mixes_budgets(tmp_path):
+    runs = str(tmp_path / "runs")
+    for seed in (0, 1, 2):
+        write_run(runs, "point-robot", "focal", seed, 5, -10.0 - seed, -15.0)
+    write_run(runs, "point-robot", "focal", 0, 6, -8.0, -13.0, step=1000, total=1000)  # newer, and of a larger budget
+    write_run(runs, "point-robot", "unicorn", 0, 5, -9.0, -14.0)
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "largest"), plots=False))
+    text = (tmp_path / "largest" / "point-robot.md").read_text()
+    assert "| train | -8.00 ± 0.00 (n=1) | -9.00 ± 0.00 (n=1) |" in text  # each column: its largest budget
+    assert "| focal | 1 | 1,000 |" in text and "| unicorn | 1 | 100 |" in text
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "short"), plots=False, total_steps=100))
+    text = (tmp_path / "short" / "point-robot.md").read_text()
+    assert "| train | -11.00 ± 0.82 (n=3) | -9.00 ± 0.00 (n=1) |" in text and "| focal | 3 | 100 |" in text
+    with pytest.raises(SystemExit, match="no finished runs trained for 5 steps"):
+        benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "none"), plots=False, total_steps=5))
 
 
 def test_report_includes_evaluations_of_final_checkpoints(tmp_path):
@@ -139,6 +176,8 @@ def test_tiny_real_run_and_report(tmp_path):
     again = subprocess.run([*bench, "run", "--algos", "focal", "--seeds", "0", "1", "--workers", "2", f"--extra={extra}"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.stdout.count("skip (finished") == 2
+    log = (tmp_path / "runs" / "logs" / "point-robot__focal__1.log").read_text()
+    assert log.startswith("# ") and "--seed 1" in log.splitlines()[0] and "step 20: " in log
     result = subprocess.run([*bench, "run", "--algos", "focal", "--eval-of", "focal", "--seeds", "0", "1", "--workers", "2",
                              f"--extra={extra}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert "2 of 2 runs succeeded" in result.stdout, result.stdout + result.stderr
