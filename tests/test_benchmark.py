@@ -147,6 +147,8 @@ def test_report_includes_evaluations_of_final_checkpoints(tmp_path):
     assert "| metanf-no-selection_eval | 2 | 100 | evaluation of saved checkpoints | — |" in text
     assert "| train (paper) | -10.11 ± 0.76 | -12.40 ± 0.59 |" in text  # Meta-NF's Table 1: full, w/o selection
     assert "| test (paper) | -14.53 ± 0.81 | -17.38 ± 1.21 |" in text
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "own"), plots=False, paper=False))
+    assert "(paper)" not in (tmp_path / "own" / "point-robot.md").read_text()
 
 
 def test_slurm_script_text(monkeypatch, tmp_path):
