@@ -6,6 +6,7 @@
 #           the env steps per second of data collection
 #   envs    random-policy and zero-action returns and env steps per second of the seven task families
 import ast
+import fcntl
 import glob
 import json
 import os
@@ -234,6 +235,22 @@ def requested_total_steps(argv: list) -> int:
     return default_total_steps(argv[1])
 
 
+def log_path(runs_dir: str, cell: dict) -> str:
+    return os.path.join(runs_dir, "logs", f"{cell['env']}__{cell['exp_name']}__{cell['seed']}.log")
+
+
+def running(runs_dir: str, cell: dict) -> bool:
+    """Whether a benchmark process is running this cell now: it holds a lock on the cell's log while its run lasts."""
+    if not os.path.exists(log_path(runs_dir, cell)):
+        return False
+    with open(log_path(runs_dir, cell), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
+
+
 def finished(runs_dir: str, cell: dict, interrupted: bool = False) -> Optional[str]:
     """The newest run folder of this cell whose results.json holds the final step (or, with interrupted, an earlier step
     and a checkpoint.pt to resume from), trained for the command's total steps (its --total-steps or the script's default)."""
@@ -272,6 +289,9 @@ def run_grid(args: Run):
         print(f"cannot run: {message}")
     todo = []
     for cell in (cell for cell in cells if cell["argv"] is not None):
+        if running(args.runs_dir, cell):
+            print(f"skip (running in another benchmark process, log {log_path(args.runs_dir, cell)}): {shlex.join(cell['argv'])}")
+            continue
         done = finished(args.runs_dir, cell)
         if done:
             print(f"skip (finished in {done}): {shlex.join(cell['argv'])}")
@@ -301,10 +321,15 @@ def run_grid(args: Run):
     os.makedirs(os.path.join(args.runs_dir, "logs"), exist_ok=True)
 
     def execute(cell):
-        log = os.path.join(args.runs_dir, "logs", f"{cell['env']}__{cell['exp_name']}__{cell['seed']}.log")
+        log = log_path(args.runs_dir, cell)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         start = time.time()
         with open(log, "a") as f:  # a cell's earlier runs (other budgets, interrupted parts) keep their logs
+            try:  # held while the run lasts, so that a second grid never trains the same run at the same time
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"skip (started meanwhile by another benchmark process): {shlex.join(cell['argv'])}", flush=True)
+                return cell, None, log
             f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(cell['argv'])}\n")
             f.flush()
             returncode = subprocess.run(cell["argv"], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
@@ -313,8 +338,9 @@ def run_grid(args: Run):
 
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         outcomes = list(pool.map(execute, todo))
-    failures = [(cell, log) for cell, returncode, log in outcomes if returncode != 0]
-    print(f"{len(todo) - len(failures)} of {len(todo)} runs succeeded")
+    failures = [(cell, log) for cell, returncode, log in outcomes if returncode not in (0, None)]
+    ran = sum(returncode is not None for _, returncode, _ in outcomes)
+    print(f"{ran - len(failures)} of {ran} runs succeeded")
     for cell, log in failures:
         print(f"  failed: {shlex.join(cell['argv'])}\n    log: {log}")
     for message in missing:

@@ -81,6 +81,24 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch, capsys):
     assert "skip" not in capsys.readouterr().out
 
 
+def test_a_cell_running_in_another_process_is_left_alone(tmp_path, monkeypatch, capsys):
+    import fcntl
+
+    monkeypatch.chdir(ROOT)
+    runs = str(tmp_path)
+    stopped = write_run(runs, "point-robot", "focal", 0, 1, -10, -15, step=50)  # looks interrupted, but is still training
+    open(os.path.join(stopped, "checkpoint.pt"), "w").close()
+    os.makedirs(os.path.join(runs, "logs"))
+    args = benchmark.Run(algos=["focal"], seeds=[0], runs_dir=runs, extra="--total-steps 100", workers=1)
+    with open(os.path.join(runs, "logs", "point-robot__focal__0.log"), "a") as log:
+        fcntl.flock(log, fcntl.LOCK_EX)  # what the benchmark process running it holds
+        benchmark.run_grid(args)
+        out = capsys.readouterr().out
+        assert "skip (running in another benchmark process" in out and "resume" not in out and "0 of 0 runs" in out
+    benchmark.run_grid(benchmark.Run(algos=["focal"], seeds=[0], runs_dir=runs, extra="--total-steps 100"))
+    assert "resume (interrupted in" in capsys.readouterr().out
+
+
 def test_a_command_without_total_steps_wants_the_script_default(tmp_path, monkeypatch, capsys):
     import focal
     import metanf
