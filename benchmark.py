@@ -286,20 +286,20 @@ def run_grid(args: Run):
     cells = grid(args)
     missing = [cell["missing"] for cell in cells if cell["argv"] is None]
     for message in missing:
-        print(f"cannot run: {message}")
+        print(f"cannot run: {message}", flush=True)
     todo = []
     for cell in (cell for cell in cells if cell["argv"] is not None):
         if running(args.runs_dir, cell):
-            print(f"skip (running in another benchmark process, log {log_path(args.runs_dir, cell)}): {shlex.join(cell['argv'])}")
+            print(f"skip (running in another benchmark process, log {log_path(args.runs_dir, cell)}): {shlex.join(cell['argv'])}", flush=True)
             continue
         done = finished(args.runs_dir, cell)
         if done:
-            print(f"skip (finished in {done}): {shlex.join(cell['argv'])}")
+            print(f"skip (finished in {done}): {shlex.join(cell['argv'])}", flush=True)
             continue
         stopped = finished(args.runs_dir, cell, interrupted=True)
         if stopped:  # goes on from its last checkpoint, in its own folder
             cell["argv"] = cell["argv"] + ["--checkpoint", os.path.join(stopped, "checkpoint.pt")]
-            print(f"resume (interrupted in {stopped}): {shlex.join(cell['argv'])}")
+            print(f"resume (interrupted in {stopped}): {shlex.join(cell['argv'])}", flush=True)
         todo.append(cell)
     if args.slurm:
         if not todo:
