@@ -330,6 +330,10 @@ def run_grid(args: Run):
             except BlockingIOError:
                 print(f"skip (started meanwhile by another benchmark process): {shlex.join(cell['argv'])}", flush=True)
                 return cell, None, log
+            done = finished(args.runs_dir, cell)
+            if done:
+                print(f"skip (finished meanwhile in {done}): {shlex.join(cell['argv'])}", flush=True)
+                return cell, None, log
             f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(cell['argv'])}\n")
             f.flush()
             returncode = subprocess.run(cell["argv"], stdout=f, stderr=subprocess.STDOUT, env=env).returncode

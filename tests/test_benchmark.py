@@ -99,6 +99,17 @@ def test_a_cell_running_in_another_process_is_left_alone(tmp_path, monkeypatch, 
     assert "resume (interrupted in" in capsys.readouterr().out
 
 
+def test_a_cell_finished_by_another_grid_after_planning_is_not_run_again(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    runs = str(tmp_path)
+    answers = iter([None, None, "runs/point-robot__focal__0__2"])  # planning: neither finished nor interrupted; then finished
+    monkeypatch.setattr(benchmark, "finished", lambda *a, **k: next(answers))
+    monkeypatch.setattr(benchmark.subprocess, "run", lambda *a, **k: pytest.fail("the finished cell was run again"))
+    benchmark.run_grid(benchmark.Run(algos=["focal"], seeds=[0], runs_dir=runs, extra="--total-steps 100", workers=1))
+    out = capsys.readouterr().out
+    assert "skip (finished meanwhile in runs/point-robot__focal__0__2)" in out and "0 of 0 runs succeeded" in out
+
+
 def test_a_command_without_total_steps_wants_the_script_default(tmp_path, monkeypatch, capsys):
     import focal
     import metanf
