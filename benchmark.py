@@ -398,8 +398,8 @@ def env_report(env: str, cells: dict, command: str, paper: bool = True) -> str:
             lines.append(f"| {task_set} | " + " | ".join(row) + " |")
         if protocol == "zero_shot" and paper:
             for i, task_set in enumerate(("train", "test")):
-                paper = [PAPER_ZERO_SHOT[env].get(a.removesuffix("_eval"), (None, None))[i] or "—" for a in algos]
-                lines.append(f"| {task_set} (paper) | " + " | ".join(paper) + " |")
+                numbers = [PAPER_ZERO_SHOT[env].get(a.removesuffix("_eval"), (None, None))[i] or "—" for a in algos]
+                lines.append(f"| {task_set} (paper) | " + " | ".join(numbers) + " |")
         lines.append("")
     lines += ["## Runtime", "", "| algorithm | seeds | gradient steps | wall time (min, mean) | updates/s (mean) |",
               "|---|---|---|---|---|"]
