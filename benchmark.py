@@ -208,7 +208,8 @@ def grid(args: Run) -> list:
                         cell["argv"] = command + ["--eval-only", "--checkpoint", os.path.join(source, "checkpoint.pt")]
                     else:
                         cell["argv"] = None
-                        cell["missing"] = f"no finished {args.eval_of} run of {env}, seed {seed} in {args.runs_dir} to evaluate"
+                        cell["missing"] = (f"no finished {args.eval_of} run of {env}, seed {seed} at {requested_total_steps(command):,} "
+                                           f"steps in {args.runs_dir} to evaluate")
                 commands.append(cell)
     return commands
 

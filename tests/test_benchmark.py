@@ -56,10 +56,10 @@ def test_eval_of_evaluates_the_newest_final_checkpoint(tmp_path, monkeypatch, ca
     assert cell["exp_name"] == "metanf-no-selection_eval"
     assert cell["argv"][-6:] == ["--no-selection", "--total-steps", "100", "--eval-only", "--checkpoint",
                                  os.path.join(newest, "checkpoint.pt")]
-    assert missing["argv"] is None and "no finished metanf run of point-robot, seed 1" in missing["missing"]
+    assert missing["argv"] is None and "no finished metanf run of point-robot, seed 1 at 100 steps" in missing["missing"]
     benchmark.run_grid(args)
     out = capsys.readouterr().out
-    assert "cannot run: no finished metanf run of point-robot, seed 1" in out and "# 1 commands" in out
+    assert "cannot run: no finished metanf run of point-robot, seed 1 at 100 steps" in out and "# 1 commands" in out
 
 
 def test_finished_runs_are_skipped(tmp_path, monkeypatch, capsys):
