@@ -6,7 +6,6 @@
 #           the env steps per second of data collection
 #   envs    random-policy and zero-action returns and env steps per second of the seven task families
 import ast
-import fcntl
 import glob
 import json
 import os
@@ -24,6 +23,11 @@ from typing import List, Optional
 
 import numpy as np
 import tyro
+
+try:
+    import fcntl
+except ImportError:  # Windows: no locks, so never start two grids over each other there
+    fcntl = None
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -208,8 +212,9 @@ def grid(args: Run) -> list:
                         cell["argv"] = command + ["--eval-only", "--checkpoint", os.path.join(source, "checkpoint.pt")]
                     else:
                         cell["argv"] = None
-                        cell["missing"] = (f"no finished {args.eval_of} run of {env}, seed {seed} at {requested_total_steps(command):,} "
-                                           f"steps in {args.runs_dir} to evaluate")
+                        budget = requested_total_steps(command)
+                        cell["missing"] = (f"no finished {args.eval_of} run of {env}, seed {seed} at {budget:,} steps in "
+                                           f"{args.runs_dir} to evaluate")
                 commands.append(cell)
     return commands
 
@@ -240,16 +245,23 @@ def log_path(runs_dir: str, cell: dict) -> str:
     return os.path.join(runs_dir, "logs", f"{cell['env']}__{cell['exp_name']}__{cell['seed']}.log")
 
 
+def try_lock(f) -> bool:
+    """Take the exclusive lock of an open file unless another process holds it; the lock goes when the file is closed."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def running(runs_dir: str, cell: dict) -> bool:
     """Whether a benchmark process is running this cell now: it holds a lock on the cell's log while its run lasts."""
     if not os.path.exists(log_path(runs_dir, cell)):
         return False
     with open(log_path(runs_dir, cell), "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-    return False
+        return not try_lock(f)
 
 
 def finished(runs_dir: str, cell: dict, interrupted: bool = False) -> Optional[str]:
@@ -291,7 +303,8 @@ def run_grid(args: Run):
     todo = []
     for cell in (cell for cell in cells if cell["argv"] is not None):
         if running(args.runs_dir, cell):
-            print(f"skip (running in another benchmark process, log {log_path(args.runs_dir, cell)}): {shlex.join(cell['argv'])}", flush=True)
+            log = log_path(args.runs_dir, cell)
+            print(f"skip (running in another benchmark process, log {log}): {shlex.join(cell['argv'])}", flush=True)
             continue
         done = finished(args.runs_dir, cell)
         if done:
@@ -326,9 +339,7 @@ def run_grid(args: Run):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         start = time.time()
         with open(log, "a") as f:  # a cell's earlier runs (other budgets, interrupted parts) keep their logs
-            try:  # held while the run lasts, so that a second grid never trains the same run at the same time
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not try_lock(f):  # held while the run lasts, so that a second grid never trains the same run at the same time
                 print(f"skip (started meanwhile by another benchmark process): {shlex.join(cell['argv'])}", flush=True)
                 return cell, None, log
             done = finished(args.runs_dir, cell)
@@ -461,7 +472,8 @@ def report(args: Report):
     envs = args.envs or sorted({env for env, _ in cells})
     if not cells:
         budget = f" trained for {args.total_steps:,} steps" if args.total_steps is not None else ""
-        raise SystemExit(f"error: no finished runs{budget} in {args.runs_dir} (a finished run's results.json has step == total_steps)")
+        raise SystemExit(f"error: no finished runs{budget} in {args.runs_dir} "
+                         "(a finished run's results.json has step == total_steps)")
     os.makedirs(args.out_dir, exist_ok=True)
     for env in envs:
         text = env_report(env, cells, args.command, args.paper)
