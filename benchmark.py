@@ -423,8 +423,9 @@ def env_report(env: str, cells: dict, command: str, paper: bool = True) -> str:
         # a resumed run's results.json rates only its last segment; wall_time adds up all of them
         lines.append(f"| {a} | {len(runs)} | {runs[0]['total_steps']:,} | {np.mean([r['wall_time'] for r in runs]) / 60:.1f} | "
                      f"{np.mean([r['total_steps'] / r['wall_time'] for r in runs]):.1f} |")
-    lines += ["", "Wall time: of the whole run, evaluations included (a resumed run's segments added up); updates/s: gradient "
-              "steps / wall time.", "", f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.", ""]
+    machine = f"{platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+    lines += ["", "Wall time: of the whole run, evaluations included (a resumed run's segments added up); "
+              "updates/s: gradient steps / wall time.", "", f"Machine: {machine}.", ""]
     return "\n".join(lines)
 
 
