@@ -202,8 +202,8 @@ def grid(args: Run) -> list:
             raise SystemExit(f"error: no algorithm script {path}")
         for env in args.envs:
             for seed in args.seeds:
-                command = [sys.executable, os.path.relpath(path), "--env", env, "--seed", str(seed), "--exp-name", exp_name(spec)]
-                command += flags + shlex.split(args.extra)
+                command = [sys.executable, os.path.relpath(path), "--env", env, "--seed", str(seed)]
+                command += ["--exp-name", exp_name(spec)] + flags + shlex.split(args.extra)
                 cell = {"env": env, "exp_name": exp_name(spec), "seed": seed, "argv": command}
                 if args.eval_of:
                     cell["exp_name"] += "_eval"
@@ -268,23 +268,24 @@ def finished(runs_dir: str, cell: dict, interrupted: bool = False) -> Optional[s
     """The newest run folder of this cell whose results.json holds the final step (or, with interrupted, an earlier step
     and a checkpoint.pt to resume from), trained for the command's total steps (its --total-steps or the script's default)."""
     wanted = requested_total_steps(cell["argv"])
-    for path in sorted(glob.glob(os.path.join(runs_dir, f"{cell['env']}__{cell['exp_name']}__{cell['seed']}__*", "results.json")),
-                       reverse=True):
+    pattern = os.path.join(runs_dir, f"{cell['env']}__{cell['exp_name']}__{cell['seed']}__*", "results.json")
+    for path in sorted(glob.glob(pattern), reverse=True):
         with open(path) as f:
             results = json.load(f)
         if results["total_steps"] != wanted:
             continue
         if not interrupted and results["step"] == results["total_steps"]:
             return os.path.dirname(path)
-        if interrupted and results["step"] < results["total_steps"] and os.path.exists(path.replace("results.json", "checkpoint.pt")):
+        has_checkpoint = os.path.exists(path.replace("results.json", "checkpoint.pt"))
+        if interrupted and results["step"] < results["total_steps"] and has_checkpoint:
             return os.path.dirname(path)
     return None
 
 
 def slurm_script(args: Run, commands: list) -> str:
     lines = ["#!/bin/bash", "#SBATCH --job-name=omrl-benchmark", f"#SBATCH --array=0-{len(commands) - 1}",
-             f"#SBATCH --cpus-per-task={args.slurm_cpus}", f"#SBATCH --mem={args.slurm_mem}", f"#SBATCH --time={args.slurm_time}",
-             f"#SBATCH --output={args.runs_dir}/logs/slurm-%A_%a.log"]
+             f"#SBATCH --cpus-per-task={args.slurm_cpus}", f"#SBATCH --mem={args.slurm_mem}",
+             f"#SBATCH --time={args.slurm_time}", f"#SBATCH --output={args.runs_dir}/logs/slurm-%A_%a.log"]
     if args.slurm_gpus:
         lines.append(f"#SBATCH --gres=gpu:{args.slurm_gpus}")
     if args.slurm_partition:
@@ -349,7 +350,8 @@ def run_grid(args: Run):
             f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(cell['argv'])}\n")
             f.flush()
             returncode = subprocess.run(cell["argv"], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-        print(f"{'done' if returncode == 0 else 'FAILED'} in {time.time() - start:,.0f} s: {shlex.join(cell['argv'])}", flush=True)
+        outcome = "done" if returncode == 0 else "FAILED"
+        print(f"{outcome} in {time.time() - start:,.0f} s: {shlex.join(cell['argv'])}", flush=True)
         return cell, returncode, log
 
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
@@ -404,7 +406,8 @@ def env_report(env: str, cells: dict, command: str, paper: bool = True) -> str:
         "deviation over seeds (numpy, ddof = 0), n seeds." + (" Rows marked (paper): the Meta-NF paper's Table 1 (5 seeds) "
         "for the column's algorithm or ablation, where it has one." if paper else ""), ""]
     for protocol in PROTOCOLS:
-        lines += [f"## {protocol.replace('_', '-')}", "", "| task set | " + " | ".join(algos) + " |", "|---" * (len(algos) + 1) + "|"]
+        lines += [f"## {protocol.replace('_', '-')}", ""]
+        lines += ["| task set | " + " | ".join(algos) + " |", "|---" * (len(algos) + 1) + "|"]
         for task_set in ("train", "test"):
             row = [mean_std([r[protocol][task_set]["mean"] for _, r in cells[(env, a)].values()]) for a in algos]
             lines.append(f"| {task_set} | " + " | ".join(row) + " |")
@@ -421,8 +424,9 @@ def env_report(env: str, cells: dict, command: str, paper: bool = True) -> str:
             lines.append(f"| {a} | {len(runs)} | {runs[0]['total_steps']:,} | evaluation of saved checkpoints | — |")
             continue
         # a resumed run's results.json rates only its last segment; wall_time adds up all of them
-        lines.append(f"| {a} | {len(runs)} | {runs[0]['total_steps']:,} | {np.mean([r['wall_time'] for r in runs]) / 60:.1f} | "
-                     f"{np.mean([r['total_steps'] / r['wall_time'] for r in runs]):.1f} |")
+        minutes = np.mean([r["wall_time"] for r in runs]) / 60
+        updates_per_second = np.mean([r["total_steps"] / r["wall_time"] for r in runs])
+        lines.append(f"| {a} | {len(runs)} | {runs[0]['total_steps']:,} | {minutes:.1f} | {updates_per_second:.1f} |")
     machine = f"{platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
     lines += ["", "Wall time: of the whole run, evaluations included (a resumed run's segments added up); "
               "updates/s: gradient steps / wall time.", "", f"Machine: {machine}.", ""]
@@ -521,7 +525,8 @@ def speed(args: Speed):
 
     from common.envs import make_env
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
+    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = torch.device(device_name)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     probe = make_env(args.env, 0)
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
@@ -535,9 +540,10 @@ def speed(args: Speed):
         a @ b
     sync()
     peak = 2 * n**3 * repeats / (time.perf_counter() - start)
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}); "
-          f"dense fp32 matmul {n}x{n}: {peak / 1e9:,.1f} GFLOP/s")
-    print("\n| algorithm | env | updates/s | GFLOP per update | achieved GFLOP/s | % of matmul rate |\n|---|---|---|---|---|---|")
+    processor = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"device {device} ({processor}); dense fp32 matmul {n}x{n}: {peak / 1e9:,.1f} GFLOP/s")
+    print("\n| algorithm | env | updates/s | GFLOP per update | achieved GFLOP/s | % of matmul rate |")
+    print("|---|---|---|---|---|---|")
     for name in args.algos:
         module = importlib.import_module(name)
         algo_args = module.apply_env_defaults(module.Args(env=args.env))
@@ -566,7 +572,9 @@ def speed(args: Speed):
             agent.update(batch, context, mask, task_idx)
         sync()
         ups = args.updates / (time.perf_counter() - start)
-        print(f"| {name} | {args.env} | {ups:,.1f} | {flops / 1e9:.3f} | {flops * ups / 1e9:,.1f} | {100 * flops * ups / peak:.1f} |")
+        achieved = flops * ups
+        row = [name, args.env, f"{ups:,.1f}", f"{flops / 1e9:.3f}", f"{achieved / 1e9:,.1f}", f"{100 * achieved / peak:.1f}"]
+        print("| " + " | ".join(row) + " |")
 
     import collect_data
 

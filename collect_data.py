@@ -41,7 +41,7 @@ class Args:
     tasks: Optional[List[int]] = None
     """task ids to collect (if unset: every task of the task set, train and test)"""
     behavior: Literal["expert", "mixed", "replay"] = "expert"
-    """expert: the final SAC policy's rollouts; mixed: rollouts of evenly spaced SAC checkpoints; replay: the whole SAC replay buffer"""
+    """expert: the final SAC policy's rollouts; mixed: rollouts of evenly spaced SAC checkpoints; replay: SAC's whole buffer"""
     sac_steps: Optional[int] = None
     """SAC environment steps per task (if unset: 20_000 for point-robot, 1_000_000 otherwise)"""
     num_trajectories: Optional[int] = None
@@ -268,7 +268,7 @@ class EpisodeRecorder:
 
     def __init__(self, n_tasks, capacity, obs_dim, act_dim, store_transitions=True):
         shapes = {"observations": (obs_dim,), "actions": (act_dim,), "rewards": (), "next_observations": (obs_dim,)}
-        self.arrays = {k: np.zeros((n_tasks, capacity, *v), np.float32) for k, v in shapes.items()} if store_transitions else {}
+        self.arrays = {k: np.zeros((n_tasks, capacity, *v), np.float32) for k, v in shapes.items() if store_transitions}
         self.arrays["terminations"] = np.zeros((n_tasks, capacity), np.bool_)
         self.arrays["truncations"] = np.zeros((n_tasks, capacity), np.bool_)
         self.arrays["episode_ids"] = np.zeros((n_tasks, capacity), np.int32)
@@ -382,7 +382,8 @@ def train_sac(args, task_ids, tasks, device, writer, recorder=None):
         if step in saved_steps:
             for j, i in enumerate(task_ids):
                 actor = task_slice(agent.actor.state_dict(), j)
-                atomic_write(os.path.join(sac_dir(args, i), f"actor_step{step}.pt"), lambda p: torch.save(actor, p), suffix=".pt")
+                actor_path = os.path.join(sac_dir(args, i), f"actor_step{step}.pt")
+                atomic_write(actor_path, lambda p: torch.save(actor, p), suffix=".pt")
         if step % args.log_every == 0 or step == args.sac_steps:
             now = time.time()
             sps = (step - last_log[0]) / (now - last_log[1])  # over the last interval, so the ETA follows the update phase
@@ -391,7 +392,8 @@ def train_sac(args, task_ids, tasks, device, writer, recorder=None):
             eta = (args.sac_steps - step) / sps
             print(
                 f"{label} step {step}/{args.sac_steps} | {sps:,.0f} steps/s ({sps * n:,.0f} env steps/s) | "
-                f"return (last 10 episodes, mean over tasks) {mean_recent:.2f} | ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}",
+                f"return (last 10 episodes, mean over tasks) {mean_recent:.2f} | "
+                f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}",
                 flush=True,
             )
             writer.add_scalar("charts/SPS", sps, step)
@@ -405,7 +407,8 @@ def train_sac(args, task_ids, tasks, device, writer, recorder=None):
         per_task["log_alpha"] = state["log_alpha"][j : j + 1].cpu()
         atomic_write(os.path.join(sac_dir(args, i), "sac_final.pt"), lambda p: torch.save(per_task, p), suffix=".pt")
         atomic_write_json(os.path.join(sac_dir(args, i), "config.json"), sac_config(args, tasks[i]))
-    print(f"{label} SAC done in {time.time() - start_time:,.0f} s; checkpoints in {os.path.dirname(sac_dir(args, task_ids[0]))}")
+    checkpoint_dir = os.path.dirname(sac_dir(args, task_ids[0]))
+    print(f"{label} SAC done in {time.time() - start_time:,.0f} s; checkpoints in {checkpoint_dir}")
     return rb
 
 
@@ -521,7 +524,8 @@ if __name__ == "__main__":
     if args.env not in ENV_NAMES:
         raise SystemExit(f"error: unknown env {args.env!r}; valid names are: {', '.join(ENV_NAMES)}")
     args.sac_steps = args.sac_steps or DEFAULT_SAC_STEPS.get(args.env, 1_000_000)
-    args.learning_starts = args.learning_starts if args.learning_starts is not None else DEFAULT_LEARNING_STARTS.get(args.env, 5_000)
+    if args.learning_starts is None:
+        args.learning_starts = DEFAULT_LEARNING_STARTS.get(args.env, 5_000)
     args.hidden_dim = args.hidden_dim or DEFAULT_HIDDEN_DIM.get(args.env, 256)
     args.num_trajectories = args.num_trajectories or (100 if args.env in ("point-robot", "cheetah-dir") else 50)
     args.checkpoint_every = args.checkpoint_every or max(args.sac_steps // 20, 1)
@@ -538,7 +542,8 @@ if __name__ == "__main__":
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
+    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = torch.device(device_name)
 
     out = dataset_dir(args.out_dir, args.env, args.behavior)
     meta_path = os.path.join(out, "metadata.json")
@@ -600,6 +605,7 @@ if __name__ == "__main__":
             )
         update_metadata(args, obs_dim, act_dim, entries)
         print(f"tasks {batch}: written to {out} in {time.time() - batch_start:,.0f} s")
-    print(f"done: {len(task_ids) - len(todo)} tasks skipped, {len(todo)} collected in {time.time() - total_start:,.0f} s; {out}")
+    skipped = len(task_ids) - len(todo)
+    print(f"done: {skipped} tasks skipped, {len(todo)} collected in {time.time() - total_start:,.0f} s; {out}")
     if writer:
         writer.close()

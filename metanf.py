@@ -66,7 +66,7 @@ class Args:
     batch_size: int = 256
     """RL transitions per task of the meta-batch"""
     context_size: Optional[int] = None
-    """transitions in a training context: the first steps of one offline episode (if unset: the horizon, 200; point-robot 20)"""
+    """transitions in a training context: the first steps of one offline episode (unset: the horizon, 200; point-robot 20)"""
     few_shot_context: Optional[int] = None
     """few-shot protocol: offline transitions appended to the context before each episode (if unset: the horizon)"""
     latent_dim: Optional[int] = None
@@ -80,7 +80,7 @@ class Args:
     flow: bool = True
     """actor: the conditional normalizing flow (--no-flow: the backbone's tanh-Gaussian TD3+BC actor)"""
     selection: bool = True
-    """zero-shot z: the code best reconstructing the observed context (--no-selection: the mean code); with --checkpoint, as given here"""
+    """zero-shot z: the code best reconstructing the observed context (--no-selection: mean code), also with --checkpoint"""
     flow_blocks: int = 4
     """flow: number of blocks (LU invertible linear + affine coupling)"""
     flow_embedding_dim: int = 64
@@ -539,9 +539,11 @@ def load_checkpoint(path: str, args: Args) -> dict:
         raise SystemExit(f"error: checkpoint {path} does not exist")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     if checkpoint.get("algorithm") != ALGORITHM:
-        raise SystemExit(f"error: {path} is a checkpoint of {checkpoint.get('algorithm')!r}, not of {ALGORITHM}; use its own script")
-    if checkpoint["args"]["env"] != args.env:
-        raise SystemExit(f"error: {path} was trained on {checkpoint['args']['env']}, not {args.env}; pass --env {checkpoint['args']['env']}")
+        found = checkpoint.get("algorithm")
+        raise SystemExit(f"error: {path} is a checkpoint of {found!r}, not of {ALGORITHM}; use its own script")
+    trained_env = checkpoint["args"]["env"]
+    if trained_env != args.env:
+        raise SystemExit(f"error: {path} was trained on {trained_env}, not {args.env}; pass --env {trained_env}")
     return checkpoint
 
 
@@ -553,13 +555,14 @@ if __name__ == "__main__":
         raise SystemExit("error: --eval-only needs --checkpoint PATH")
     checkpoint = load_checkpoint(args.checkpoint, args) if args.checkpoint else None
     if checkpoint:  # the saved run's arguments define the networks and the task set; eval and run options stay
-        keep = ("checkpoint", "eval_only", "device", "exp_name", "total_steps", "eval_every", "log_every", "save_model", "data_dir",
-                "selection")
+        keep = ("checkpoint", "eval_only", "device", "exp_name", "total_steps", "eval_every", "log_every", "save_model",
+                "data_dir", "selection")
         args = Args(**{**checkpoint["args"], **{k: getattr(args, k) for k in keep}})
     args = apply_env_defaults(args)
     train_ids, test_ids = train_test_split(args.env, args.n_tasks, args.n_train)
     try:
-        dataset = load_dataset(args.env, args.behavior, args.data_dir, sorted(set(train_ids + test_ids)), args.n_tasks, args.task_seed)
+        task_ids = sorted(set(train_ids + test_ids))
+        dataset = load_dataset(args.env, args.behavior, args.data_dir, task_ids, args.n_tasks, args.task_seed)
     except DatasetError as e:
         raise SystemExit(f"error: {e}")
     interrupted = checkpoint is not None and not args.eval_only and checkpoint["step"] < checkpoint["args"]["total_steps"]
@@ -577,7 +580,8 @@ if __name__ == "__main__":
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
+    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = torch.device(device_name)
 
     obs_mean, obs_std = normalization_stats(dataset, train_ids)
     if checkpoint:
@@ -602,11 +606,13 @@ if __name__ == "__main__":
             results[protocol] = {}
             for name, (ids, sampler) in task_sets.items():
                 returns = evaluate(agent, eval_envs[name], sampler, protocol, args, obs_mean, obs_std, device)
-                results[protocol][name] = {"mean": float(returns.mean()), "per_task": {str(i): float(r) for i, r in zip(ids, returns)}}
+                per_task = {str(i): float(r) for i, r in zip(ids, returns)}
+                results[protocol][name] = {"mean": float(returns.mean()), "per_task": per_task}
                 writer.add_scalar(f"eval/{protocol}/{name}_return", returns.mean(), step)
+        zero_shot, few_shot = results["zero_shot"], results["few_shot"]
         print(
-            f"step {step}: zero-shot train {results['zero_shot']['train']['mean']:.2f} test {results['zero_shot']['test']['mean']:.2f}"
-            f" | few-shot train {results['few_shot']['train']['mean']:.2f} test {results['few_shot']['test']['mean']:.2f}",
+            f"step {step}: zero-shot train {zero_shot['train']['mean']:.2f} test {zero_shot['test']['mean']:.2f}"
+            f" | few-shot train {few_shot['train']['mean']:.2f} test {few_shot['test']['mean']:.2f}",
             flush=True,
         )
         return results

@@ -168,12 +168,14 @@ def load_dataset(
             raise DatasetError(
                 f"{meta_path}: task {task_id} was collected for other task parameters ({_short(recorded)}) than the task "
                 f"set n_tasks={n_tasks}, task_seed={task_seed} gives ({_short(expected_tasks[task_id])}); pass the "
-                f"task-set options the data were made with (metadata: {metadata['task_set']}) or recollect with:\n    {command}"
+                f"task-set options the data were made with (metadata: {metadata['task_set']}) or recollect with:"
+                f"\n    {command}"
             )
     probe = make_env(env, task_ids[0], n_tasks, task_seed)
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
     if (metadata.get("obs_dim"), metadata.get("act_dim")) != (obs_dim, act_dim):
-        raise DatasetError(f"{meta_path}: dims {metadata.get('obs_dim')}/{metadata.get('act_dim')}, env has {obs_dim}/{act_dim}")
+        saved_dims = f"{metadata.get('obs_dim')}/{metadata.get('act_dim')}"
+        raise DatasetError(f"{meta_path}: dims {saved_dims}, env has {obs_dim}/{act_dim}")
     tasks = {}
     for task_id in task_ids:
         path = task_file(root, env, behavior, task_id)

@@ -20,7 +20,8 @@ def write_run(runs_dir, env, exp, seed, stamp, zero_train, zero_test, step=100, 
     else:
         results.update(wall_time=60.0 * (seed + 1), updates_per_second=10.0 * (seed + 1))
     for protocol, scale in (("zero_shot", 1.0), ("few_shot", 2.0)):
-        results[protocol] = {"train": {"mean": scale * zero_train, "per_task": {}}, "test": {"mean": scale * zero_test, "per_task": {}}}
+        results[protocol] = {"train": {"mean": scale * zero_train, "per_task": {}},
+                             "test": {"mean": scale * zero_test, "per_task": {}}}
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump(results, f)
     return run_dir
@@ -75,7 +76,8 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.count("skip (finished") == 2 and "# 2 commands" in out
     resumed = [line for line in out.splitlines() if line.startswith("resume (interrupted in")]
-    assert len(resumed) == 1 and resumed[0].endswith(f"--seed 1 --exp-name focal --total-steps 100 --checkpoint {stopped}/checkpoint.pt")
+    assert len(resumed) == 1
+    assert resumed[0].endswith(f"--seed 1 --exp-name focal --total-steps 100 --checkpoint {stopped}/checkpoint.pt")
     args.extra = "--total-steps 200"
     benchmark.run_grid(args)
     assert "skip" not in capsys.readouterr().out
@@ -143,7 +145,8 @@ def test_report_aggregates_mean_and_population_std(tmp_path):
     assert f"| focal | 3 | 100 | 2.0 | {rate:.1f} |" in text  # runtime: mean wall time 120 s
     assert "python x.py" in text
     benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "only"), plots=False, exps=["unicorn", "focal"]))
-    header = next(line for line in (tmp_path / "only" / "point-robot.md").read_text().splitlines() if line.startswith("| task set"))
+    lines = (tmp_path / "only" / "point-robot.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| task set"))
     assert header == "| task set | unicorn | focal |"
 
 
@@ -193,9 +196,9 @@ def test_slurm_script_text(monkeypatch, tmp_path):
 
 def test_tiny_real_run_and_report(tmp_path):
     data = tmp_path / "data"
-    collect = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--env", "point-robot", "--n-tasks", "4", "--n-train", "2",
-               "--out-dir", str(data), "--sac-steps", "200", "--learning-starts", "100", "--batch-size", "16",
-               "--num-trajectories", "3", "--random-episodes", "1", "--log-every", "200"]
+    collect = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--env", "point-robot", "--n-tasks", "4",
+               "--n-train", "2", "--out-dir", str(data), "--sac-steps", "200", "--learning-starts", "100",
+               "--batch-size", "16", "--num-trajectories", "3", "--random-episodes", "1", "--log-every", "200"]
     subprocess.run(collect, cwd=tmp_path, check=True, capture_output=True)
     extra = (f"--data-dir {data} --n-tasks 4 --n-train 2 --total-steps 20 --eval-every 10 --log-every 10 --eval-episodes 1 "
              "--meta-batch-size 4 --batch-size 16")

@@ -137,7 +137,8 @@ def test_dataset_with_no_finished_task(tmp_path):
     # collect_data.py writes metadata.json before its first task is done
     folder = tmp_path / "point-robot" / "expert"
     folder.mkdir(parents=True)
-    (folder / "metadata.json").write_text(json.dumps({"format_version": 1, "env": "point-robot", "behavior": "expert", "tasks": {}}))
+    metadata = {"format_version": 1, "env": "point-robot", "behavior": "expert", "tasks": {}}
+    (folder / "metadata.json").write_text(json.dumps(metadata))
     with pytest.raises(DatasetError, match="(?s)no task has been collected yet.*python collect_data.py --env point-robot"):
         load_dataset("point-robot", root=str(tmp_path))
 
@@ -148,8 +149,8 @@ def test_other_simulator_version_is_refused(point_robot, tmp_path):
     metadata = json.loads(meta.read_text())
     metadata["versions"]["mujoco"] = "2.1.0"
     meta.write_text(json.dumps(metadata))
-    command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--out-dir", str(tmp_path), *TINY, "--env", "point-robot",
-               "--tasks", "2", "--num-trajectories", "3"]
+    command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--out-dir", str(tmp_path), *TINY,
+               "--env", "point-robot", "--tasks", "2", "--num-trajectories", "3"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "was collected with mujoco 2.1.0" in result.stderr
     assert json.loads(meta.read_text())["versions"]["mujoco"] == "2.1.0"  # the record is kept

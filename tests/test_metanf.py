@@ -126,8 +126,9 @@ def test_selection_picks_the_candidate_that_reconstructs_the_context():
         selector.add({k: v[:, t] for k, v in context.items()}, codes[:, t])
         best = full_selection(PrototypeDecoder(), codes, context, t + 1)
         torch.testing.assert_close(selector.z, codes[torch.arange(n), best])
-        torch.testing.assert_close(selector.score_sum[:, : t + 1] / (t + 1),
-                                   PrototypeDecoder().nll(codes[:, : t + 1, None], {k: v[:, None, : t + 1] for k, v in context.items()}).mean(-1))
+        seen = {k: v[:, None, : t + 1] for k, v in context.items()}
+        expected = PrototypeDecoder().nll(codes[:, : t + 1, None], seen).mean(-1)
+        torch.testing.assert_close(selector.score_sum[:, : t + 1] / (t + 1), expected)
     assert selector.z[0].item() == 0.5 and selector.z[1].item() == 0.5
     assert selector.score_sum[0].argmin().item() == 7 and selector.score_sum[1].argmin().item() == 2
     selector.reset()
