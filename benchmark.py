@@ -463,7 +463,8 @@ def curves(env: str, cells: dict, out_dir: str) -> list:
             ax.set_title(f"{env}, {protocol.replace('_', '-')}, {task_set} tasks")
             ax.set_xlabel("gradient steps")
             ax.set_ylabel("return")
-            ax.legend(fontsize=8)
+            if ax.lines:  # no curves when every run of the env is an evaluation of a final checkpoint
+                ax.legend(fontsize=8)
         path = os.path.join(out_dir, f"{env}_{protocol}.png")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
