@@ -118,6 +118,24 @@ def test_metanf_selection_is_chosen_at_evaluation(trained, data_dir, tmp_path):
     assert mean_code["zero_shot"] != saved["zero_shot"]
 
 
+def test_zero_shot_diagnosis_replays_the_logged_evaluation(trained, data_dir, tmp_path):
+    cwd, run_dir = trained["metanf"]
+    script = os.path.join(ROOT, "results", "200k", "diagnose_zero_shot.py")
+    result = subprocess.run([sys.executable, script, "--exps", "metanf", "--total-steps", "40", "--runs-dir",
+                             str(cwd / "runs")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr  # it asserts its replay equals results.json
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| metanf |")]
+    assert [(r[1], r[2], r[3]) for r in rows] == [("train", "selected", "1"), ("train", "mean", "1"),
+                                                  ("test", "selected", "1"), ("test", "mean", "1")]
+    saved = load_results(run_dir)
+    for r in rows:
+        zero_shot, few_shot = (float(r[i].split(" ± ")[0]) for i in (4, 8))
+        if r[2] == "selected":
+            assert zero_shot == pytest.approx(saved["zero_shot"][r[1]]["mean"], abs=0.006)
+        assert few_shot == pytest.approx(saved["few_shot"][r[1]]["mean"], abs=0.006)
+        assert 0.0 <= float(r[7].split(" ± ")[0]) <= 1.0  # share of steps whose code is nearest its own task's
+
+
 def test_same_seed_same_results(trained, data_dir, tmp_path):
     run("unicorn", tmp_path, *TINY, "--data-dir", data_dir)
     (run_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__unicorn__0__*"))
