@@ -3,7 +3,8 @@
 # evaluation of metanf.py (same episodes, same seeds; the returns must equal the run's results.json) with and without
 # the selection, and measures at each step how far the code that conditions the action lies from the task's offline
 # code (the mean code of all the task's offline transitions), and whether that offline code is the nearest of the
-# task set's. The few-shot return (an offline context) is read from results.json.
+# task set's; as a control for the encoder, the same for the few-shot protocol's offline contexts. The few-shot return
+# (an offline context) is read from results.json.
 #
 #   python results/200k/diagnose_zero_shot.py --exps metanf metanf-no-flow --total-steps 200000
 import glob
@@ -71,11 +72,19 @@ def diagnose(agent, envs, sampler, args, obs_mean, obs_std, selection: bool) -> 
             selector.add(transition, codes)
             obs = next_obs
         final_distance.append(-rewards)  # point-robot: r = -||s' - goal||
+    # control for the encoder: the same test with the few-shot protocol's offline contexts, one per task and episode
+    generator = torch.Generator().manual_seed(args.seed)
+    offline_identified = []
+    for _ in range(args.eval_episodes):
+        context, _ = sampler.sample_context(torch.arange(n), args.few_shot_context, generator=generator)
+        z = agent.context_codes(metanf.transition_inputs(context)).mean(1)
+        offline_identified.append((torch.cdist(z, task_codes).argmin(1) == torch.arange(n)).numpy())
     return {
         "return": returns.mean(1).mean(),
         "final_distance": np.mean(final_distance),
         "code_distance": np.mean(code_distance),
         "identified": np.mean(identified),
+        "offline_identified": np.mean(offline_identified),
     }
 
 
@@ -111,8 +120,8 @@ if __name__ == "__main__":
                     print(f"{run_dir} {name} {'selection' if selection else 'mean code'}: "
                           + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
     print("\n| experiment | tasks | z | seeds | zero-shot return | final distance | code distance | task identified "
-          "| few-shot return |\n|---|---|---|---|---|---|---|---|---|")
+          "| identified, offline context | few-shot return |\n|---|---|---|---|---|---|---|---|---|---|")
     for (exp, name, selection), runs in rows.items():
         cells = [f"{np.mean([r[k] for r in runs]):.2f} ± {np.std([r[k] for r in runs]):.2f}"
-                 for k in ("return", "final_distance", "code_distance", "identified", "few_shot")]
+                 for k in ("return", "final_distance", "code_distance", "identified", "offline_identified", "few_shot")]
         print(f"| {exp} | {name} | {'selected' if selection else 'mean'} | {len(runs)} | " + " | ".join(cells) + " |")
