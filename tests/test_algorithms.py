@@ -129,11 +129,11 @@ def test_zero_shot_diagnosis_replays_the_logged_evaluation(trained, data_dir, tm
                                                   ("test", "selected", "1"), ("test", "mean", "1")]
     saved = load_results(run_dir)
     for r in rows:
-        zero_shot, few_shot = (float(r[i].split(" ± ")[0]) for i in (4, 9))
+        zero_shot, few_shot = (float(r[i].split(" ± ")[0]) for i in (4, 10))
         if r[2] == "selected":
             assert zero_shot == pytest.approx(saved["zero_shot"][r[1]]["mean"], abs=0.006)
         assert few_shot == pytest.approx(saved["few_shot"][r[1]]["mean"], abs=0.006)
-        for i in (7, 8):  # shares of codes nearest their own task's offline code
+        for i in (7, 8, 9):  # shares: codes nearest their own task's offline code, saturated actions
             assert 0.0 <= float(r[i].split(" ± ")[0]) <= 1.0
 
 

@@ -4,7 +4,8 @@
 # the selection, and measures at each step how far the code that conditions the action lies from the task's offline
 # code (the mean code of all the task's offline transitions), and whether that offline code is the nearest of the
 # task set's; as a control for the encoder, the same for the few-shot protocol's offline contexts. The few-shot return
-# (an offline context) is read from results.json.
+# (an offline context) is read from results.json; "saturated actions" is the share of action components beyond
+# +-0.99 in the zero-shot episodes (moves at full speed).
 #
 #   python results/200k/diagnose_zero_shot.py --exps metanf metanf-no-flow --total-steps 200000
 import glob
@@ -43,6 +44,7 @@ def diagnose(agent, envs, sampler, args, obs_mean, obs_std, selection: bool) -> 
         for i in range(n)
     ])
     returns, final_distance, code_distance, identified = np.zeros((n, args.eval_episodes)), [], [], []
+    saturated = []
     for episode in range(args.eval_episodes):
         obs = np.stack([env.reset(seed=args.seed + episode)[0] for env in envs])
         selector = metanf.RepresentationSelector(agent.decoder, n, horizon, args.latent_dim, torch.device("cpu"))
@@ -56,6 +58,7 @@ def diagnose(agent, envs, sampler, args, obs_mean, obs_std, selection: bool) -> 
                 code_distance.append((distances.diagonal() / distances.mean(1)).numpy())
                 identified.append((distances.argmin(1) == torch.arange(n)).numpy())
             actions = agent.actor.act(obs_t, z).numpy()
+            saturated.append(np.abs(actions) > 0.99)
             next_obs, rewards = obs.copy(), np.zeros(n, dtype=np.float32)
             for j, env in enumerate(envs):
                 next_obs[j], rewards[j], terminated, truncated, _ = env.step(actions[j])
@@ -85,6 +88,7 @@ def diagnose(agent, envs, sampler, args, obs_mean, obs_std, selection: bool) -> 
         "code_distance": np.mean(code_distance),
         "identified": np.mean(identified),
         "offline_identified": np.mean(offline_identified),
+        "saturated": np.mean(saturated),
     }
 
 
@@ -119,9 +123,11 @@ if __name__ == "__main__":
                     rows.setdefault((exp, name, selection), []).append(row)
                     print(f"{run_dir} {name} {'selection' if selection else 'mean code'}: "
                           + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
-    print("\n| experiment | tasks | z | seeds | zero-shot return | final distance | code distance | task identified "
-          "| identified, offline context | few-shot return |\n|---|---|---|---|---|---|---|---|---|---|")
+    columns = ["experiment", "tasks", "z", "seeds", "zero-shot return", "final distance", "code distance", "task identified",
+               "identified, offline context", "saturated actions", "few-shot return"]
+    print("\n| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|")
     for (exp, name, selection), runs in rows.items():
         cells = [f"{np.mean([r[k] for r in runs]):.2f} ± {np.std([r[k] for r in runs]):.2f}"
-                 for k in ("return", "final_distance", "code_distance", "identified", "offline_identified", "few_shot")]
+                 for k in ("return", "final_distance", "code_distance", "identified", "offline_identified", "saturated",
+                           "few_shot")]
         print(f"| {exp} | {name} | {'selected' if selection else 'mean'} | {len(runs)} | " + " | ".join(cells) + " |")
