@@ -118,7 +118,7 @@ def test_metanf_selection_is_chosen_at_evaluation(trained, data_dir, tmp_path):
     assert mean_code["zero_shot"] != saved["zero_shot"]
 
 
-def test_zero_shot_diagnosis_replays_the_logged_evaluation(trained, data_dir, tmp_path):
+def test_zero_shot_diagnosis_replays_the_logged_evaluation(trained, tmp_path):
     cwd, run_dir = trained["metanf"]
     script = os.path.join(ROOT, "results", "200k", "diagnose_zero_shot.py")
     result = subprocess.run([sys.executable, script, "--exps", "metanf", "--total-steps", "40", "--runs-dir",
