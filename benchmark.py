@@ -415,6 +415,13 @@ def env_report(env: str, cells: dict, command: str, paper: bool = True) -> str:
             for i, task_set in enumerate(("train", "test")):
                 numbers = [PAPER_ZERO_SHOT[env].get(a.removesuffix("_eval"), (None, None))[i] or "—" for a in algos]
                 lines.append(f"| {task_set} (paper) | " + " | ".join(numbers) + " |")
+        lines += ["", "Per seed, train / test (a seed gives every column the same start states and offline contexts, so "
+                  "the columns compare seed by seed):", "", "| seed | " + " | ".join(algos) + " |",
+                  "|---" * (len(algos) + 1) + "|"]
+        for seed in sorted({seed for a in algos for seed in cells[(env, a)]}):
+            runs = [cells[(env, a)][seed][1][protocol] if seed in cells[(env, a)] else None for a in algos]
+            row = [f"{r['train']['mean']:.2f} / {r['test']['mean']:.2f}" if r else "—" for r in runs]
+            lines.append(f"| {seed} | " + " | ".join(row) + " |")
         lines.append("")
     lines += ["## Runtime", "", "| algorithm | seeds | gradient steps | wall time (min, mean) | updates/s (mean) |",
               "|---|---|---|---|---|"]

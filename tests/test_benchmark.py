@@ -144,6 +144,9 @@ def test_report_aggregates_mean_and_population_std(tmp_path):
     rate = np.mean([100 / 60, 100 / 120, 100 / 180])  # steps / wall time of each run, not its last segment's rate
     assert f"| focal | 3 | 100 | 2.0 | {rate:.1f} |" in text  # runtime: mean wall time 120 s
     assert "python x.py" in text
+    assert "| seed | focal | unicorn |" in text
+    assert "| 0 | -10.00 / -15.00 | -9.00 / -14.00 |" in text and "| 2 | -11.00 / -19.00 | — |" in text
+    assert "| 1 | -24.00 / -34.00 | — |" in text  # few-shot, seed by seed
     benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "only"), plots=False, exps=["unicorn", "focal"]))
     lines = (tmp_path / "only" / "point-robot.md").read_text().splitlines()
     header = next(line for line in lines if line.startswith("| task set"))
