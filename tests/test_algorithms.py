@@ -12,19 +12,31 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import csro  # noqa: E402
 import focal  # noqa: E402
 import metanf  # noqa: E402
 import unicorn  # noqa: E402
 
-SCRIPTS = ["focal", "unicorn", "metanf"]
+SCRIPTS = ["focal", "unicorn", "metanf", "csro"]
 # past every warm-up: the actor is updated every 2nd step, losses logged every 10, evaluated at 20 and 40
 TINY = ["--env", "point-robot", "--n-tasks", "4", "--n-train", "2", "--total-steps", "40", "--eval-every", "20",
         "--log-every", "10", "--eval-episodes", "2", "--meta-batch-size", "4", "--batch-size", "32"]
 REPRESENTATION_TAGS = {
     "focal": {"losses/focal_loss"},
+    "csro": {"losses/focal_loss", "losses/club_loss", "losses/club_model_loss"},
     "unicorn": {"losses/focal_loss", "losses/recon_loss"},
     "metanf": {"losses/focal_loss", "losses/recon_loss"},
 }
+# each script's own online protocols, beside zero-shot and few-shot
+ONLINE_PROTOCOLS = {"focal": (), "unicorn": (), "metanf": (), "csro": ("non_prior",)}
+
+
+def tiny(script):
+    """TINY for one script: CSRO draws its meta-batch without replacement, so from the 2 training tasks at most."""
+    if script != "csro":
+        return TINY
+    i = TINY.index("--meta-batch-size")
+    return TINY[: i + 1] + ["2"] + TINY[i + 2 :]
 
 
 def run(script, cwd, *extra, check=True):
@@ -53,7 +65,7 @@ def trained(data_dir, tmp_path_factory):
     runs = {}
     for script in SCRIPTS:
         cwd = tmp_path_factory.mktemp(script)
-        run(script, cwd, *TINY, "--data-dir", data_dir)
+        run(script, cwd, *tiny(script), "--data-dir", data_dir)
         (run_dir,) = glob.glob(str(cwd / "runs" / f"point-robot__{script}__0__*"))
         runs[script] = (cwd, run_dir)
     return runs
@@ -73,12 +85,14 @@ def test_smoke_outputs(trained, script):
     expected = {"losses/qf1_loss", "losses/qf2_loss", "losses/actor_loss", "losses/bc_loss", "losses/representation_loss",
                 "charts/SPS", "eval/zero_shot/train_return", "eval/zero_shot/test_return", "eval/few_shot/train_return",
                 "eval/few_shot/test_return"} | REPRESENTATION_TAGS[script]
+    expected |= {f"eval/{protocol}/{s}_return" for protocol in ONLINE_PROTOCOLS[script] for s in ("train", "test")}
     assert expected <= tags, expected - tags
     assert [e.step for e in events.Scalars("eval/zero_shot/test_return")] == [20, 40]
     assert [e.step for e in events.Scalars("losses/actor_loss")] == [10, 20, 30, 40]
     results = load_results(run_dir)
     assert results["algorithm"] == script and results["step"] == 40 == results["total_steps"]
-    for protocol in ("zero_shot", "few_shot"):
+    assert {"zero_shot", "few_shot", *ONLINE_PROTOCOLS[script]} <= set(results)
+    for protocol in ("zero_shot", "few_shot", *ONLINE_PROTOCOLS[script]):
         assert set(results[protocol]["train"]["per_task"]) == {"0", "1"}
         assert set(results[protocol]["test"]["per_task"]) == {"2", "3"}
         per_task = list(results[protocol]["test"]["per_task"].values())
@@ -102,7 +116,7 @@ def test_eval_only_reproduces_saved_numbers(trained, data_dir, script):
         os.path.join(run_dir, "checkpoint.pt"))
     (eval_dir,) = glob.glob(str(cwd / "runs" / f"point-robot__{script}_eval__0__*"))
     saved, reproduced = load_results(run_dir), load_results(eval_dir)
-    for protocol in ("zero_shot", "few_shot"):
+    for protocol in ("zero_shot", "few_shot", *ONLINE_PROTOCOLS[script]):
         assert reproduced[protocol] == saved[protocol]
     assert (reproduced["step"], reproduced["total_steps"]) == (saved["step"], saved["total_steps"])
     assert reproduced["checkpoint"].endswith("checkpoint.pt")
@@ -209,7 +223,7 @@ def test_focal_distance_loss_hand_computed():
     # pairs: (0,1) diff, d=0.5; (0,2) same, d=0; (0,3) diff, d=1; (1,2) diff, d=0.5; (1,3) same, d=0.5; (2,3) diff, d=1
     positive = (math.sqrt(0 + 1e-3) + math.sqrt(0.5 + 1e-3)) / (2 + 1e-3)
     negative = (1 / 0.6 + 1 / 1.1 + 1 / 0.6 + 1 / 1.1) / (4 + 1e-3)
-    for module in (focal, unicorn, metanf):
+    for module in (focal, unicorn, metanf, csro):
         assert module.focal_distance_loss(z, task_idx).item() == pytest.approx(positive + negative, rel=1e-6)
 
 
