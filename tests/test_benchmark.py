@@ -11,7 +11,7 @@ sys.path.insert(0, ROOT)
 import benchmark  # noqa: E402
 
 
-def write_run(runs_dir, env, exp, seed, stamp, zero_train, zero_test, step=100, total=100, checkpoint=None):
+def write_run(runs_dir, env, exp, seed, stamp, zero_train, zero_test, step=100, total=100, checkpoint=None, online=()):
     run_dir = os.path.join(runs_dir, f"{env}__{exp}__{seed}__{stamp}")
     os.makedirs(run_dir)
     results = {"algorithm": exp.split("-")[0], "env": env, "seed": seed, "step": step, "total_steps": total}
@@ -19,7 +19,7 @@ def write_run(runs_dir, env, exp, seed, stamp, zero_train, zero_test, step=100, 
         results["checkpoint"] = checkpoint
     else:
         results.update(wall_time=60.0 * (seed + 1), updates_per_second=10.0 * (seed + 1))
-    for protocol, scale in (("zero_shot", 1.0), ("few_shot", 2.0)):
+    for protocol, scale in (("zero_shot", 1.0), ("few_shot", 2.0), *((p, 3.0) for p in online)):
         results[protocol] = {"train": {"mean": scale * zero_train, "per_task": {}},
                              "test": {"mean": scale * zero_test, "per_task": {}}}
     with open(os.path.join(run_dir, "results.json"), "w") as f:
@@ -151,6 +151,21 @@ def test_report_aggregates_mean_and_population_std(tmp_path):
     lines = (tmp_path / "only" / "point-robot.md").read_text().splitlines()
     header = next(line for line in lines if line.startswith("| task set"))
     assert header == "| task set | unicorn | focal |"
+
+
+def test_report_gives_an_online_protocol_its_own_table(tmp_path):
+    runs = str(tmp_path / "runs")
+    for seed in (0, 1):
+        write_run(runs, "point-robot", "csro", seed, 5, -10.0 - seed, -15.0, online=("non_prior",))
+        write_run(runs, "point-robot", "focal", seed, 5, -12.0, -16.0)
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "results"), plots=True))
+    text = (tmp_path / "results" / "point-robot.md").read_text()
+    table = text.split("## non-prior")[1].split("## Runtime")[0]
+    assert "| task set | csro | focal |" in table
+    assert "| train | -31.50 ± 1.50 (n=2) | — |" in table and "| test | -45.00 ± 0.00 (n=2) | — |" in table
+    assert "| 1 | -33.00 / -45.00 | — |" in table  # seed by seed
+    assert "## proximal" not in text and "## one-shot" not in text  # no run reports them
+    assert (tmp_path / "results" / "point-robot_non_prior.png").exists()
 
 
 def test_report_never_mixes_budgets(tmp_path):
