@@ -5,6 +5,8 @@
 #   speed   gradient updates per second of each algorithm, achieved FLOP/s against the device's matmul rate, and
 #           the env steps per second of data collection
 #   envs    random-policy and zero-action returns and env steps per second of the seven task families
+#   archive copy the finished runs' results.json, args.json and TensorBoard events (no checkpoints) into a folder that
+#           can be committed, so that a report can be made again when runs/ is gone
 import ast
 import glob
 import json
@@ -423,6 +425,12 @@ def env_report(env: str, cells: dict, command: str, paper: bool = True) -> str:
             returns = [[r[protocol][task_set]["mean"] for _, r in cells[(env, a)].values() if protocol in r] for a in algos]
             row = [mean_std(values) if values else "—" for values in returns]
             lines.append(f"| {task_set} | " + " | ".join(row) + " |")
+        if any("online" in r[protocol] for a in algos for _, r in cells[(env, a)].values() if protocol in r):
+            for task_set in ("train", "test"):  # SELECT's "average return during the online test phase"
+                returns = [[r[protocol]["online"][task_set]["mean"] for _, r in cells[(env, a)].values()
+                            if "online" in r.get(protocol, {})] for a in algos]
+                row = [mean_std(values) if values else "—" for values in returns]
+                lines.append(f"| {task_set}, every online episode | " + " | ".join(row) + " |")
         if protocol == "zero_shot" and paper:
             for i, task_set in enumerate(("train", "test")):
                 numbers = [PAPER_ZERO_SHOT[env].get(a.removesuffix("_eval"), (None, None))[i] or "—" for a in algos]
@@ -489,6 +497,26 @@ def curves(env: str, cells: dict, out_dir: str) -> list:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
+        by_episode = {exp: [r[protocol]["by_episode"] for _, r in cells[(env, exp)].values()
+                            if "by_episode" in r.get(protocol, {})] for v, exp in cells if v == env}
+        if any(by_episode.values()):  # the return of each scored episode of the online phase, at the last checkpoint
+            fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+            for ax, task_set in zip(axes, ("train", "test")):
+                for exp, runs in by_episode.items():
+                    if runs:
+                        values = np.array([run[task_set] for run in runs])
+                        episodes = np.arange(1, values.shape[1] + 1)
+                        ax.plot(episodes, values.mean(0), marker=".", label=f"{exp} (n={len(runs)})")
+                        ax.fill_between(episodes, values.mean(0) - values.std(0), values.mean(0) + values.std(0), alpha=0.2)
+                ax.set_title(f"{env}, {protocol.replace('_', '-')} online phase, {task_set} tasks")
+                ax.set_xlabel("scored episode")
+                ax.set_ylabel("return")
+                ax.legend(fontsize=8)
+            path = os.path.join(out_dir, f"{env}_{protocol}_by_episode.png")
+            fig.tight_layout()
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            written.append(path)
     return written
 
 
@@ -510,6 +538,44 @@ def report(args: Report):
         with open(os.path.join(args.out_dir, f"{env}.md"), "w") as f:
             f.write(text)
         print(f"wrote {os.path.join(args.out_dir, env + '.md')}")
+
+
+@dataclass
+class Archive:
+    """Copy the finished runs' results.json, args.json and TensorBoard events (not their checkpoints) into a folder that
+    can be committed; `report --runs-dir` that folder makes the tables and curves again."""
+
+    runs_dir: str = "runs"
+    """folder holding the runs' folders"""
+    out_dir: str = "results/runs"
+    """where the copies go, one folder per run under the run's own name"""
+    exps: Optional[List[str]] = None
+    """experiment names to archive (if unset: every one found)"""
+    total_steps: Optional[int] = None
+    """archive the runs trained for this many gradient steps (if unset: each column's largest budget)"""
+
+
+def archive(args: Archive):
+    cells = collect_runs(args.runs_dir, args.total_steps)
+    copied = 0
+    for (_, exp), runs in sorted(cells.items()):
+        if args.exps and exp not in args.exps:
+            continue
+        for run_dir, _ in runs.values():
+            target = os.path.join(args.out_dir, os.path.basename(run_dir))
+            events = sorted(os.path.basename(p) for p in glob.glob(os.path.join(run_dir, "events.*")))
+            os.makedirs(target, exist_ok=True)
+            for name in ["results.json", "args.json", *events]:
+                source = os.path.join(run_dir, name)
+                if not os.path.exists(source):
+                    continue
+                tmp = os.path.join(target, f".{name}.tmp")
+                shutil.copyfile(source, tmp)
+                os.replace(tmp, os.path.join(target, name))  # a copy is whole or absent
+            copied += 1
+            print(f"archived {run_dir} -> {target}")
+    if not copied:
+        raise SystemExit(f"error: no finished runs to archive in {args.runs_dir}")
 
 
 def envs(args: Envs):
@@ -623,7 +689,7 @@ def speed(args: Speed):
 
 if __name__ == "__main__":
     command = tyro.extras.subcommand_cli_from_dict(
-        {"run": Run, "report": Report, "speed": Speed, "envs": Envs},
+        {"run": Run, "report": Report, "speed": Speed, "envs": Envs, "archive": Archive},
         description="Run grids of algorithms x envs x seeds, report their results, and time the training steps.",
     )
     if isinstance(command, Run):
@@ -632,5 +698,7 @@ if __name__ == "__main__":
         report(command)
     elif isinstance(command, Envs):
         envs(command)
+    elif isinstance(command, Archive):
+        archive(command)
     else:
         speed(command)

@@ -15,28 +15,33 @@ sys.path.insert(0, ROOT)
 import csro  # noqa: E402
 import focal  # noqa: E402
 import metanf  # noqa: E402
+import select_omrl  # noqa: E402
 import unicorn  # noqa: E402
 
-SCRIPTS = ["focal", "unicorn", "metanf", "csro"]
+SCRIPTS = ["focal", "unicorn", "metanf", "csro", "select_omrl"]
 # past every warm-up: the actor is updated every 2nd step, losses logged every 10, evaluated at 20 and 40
 TINY = ["--env", "point-robot", "--n-tasks", "4", "--n-train", "2", "--total-steps", "40", "--eval-every", "20",
         "--log-every", "10", "--eval-episodes", "2", "--meta-batch-size", "4", "--batch-size", "32"]
 REPRESENTATION_TAGS = {
     "focal": {"losses/focal_loss"},
     "csro": {"losses/focal_loss", "losses/club_loss", "losses/club_model_loss"},
+    "select_omrl": {"losses/focal_loss", "losses/club_loss", "losses/club_model_loss", "losses/value_loss",
+                    "losses/bc_weight", "eval/proximal/train_online_return", "eval/proximal/test_online_return"},
     "unicorn": {"losses/focal_loss", "losses/recon_loss"},
     "metanf": {"losses/focal_loss", "losses/recon_loss"},
 }
 # each script's own online protocols, beside zero-shot and few-shot
-ONLINE_PROTOCOLS = {"focal": (), "unicorn": (), "metanf": (), "csro": ("non_prior",)}
+ONLINE_PROTOCOLS = {"focal": (), "unicorn": (), "metanf": (), "csro": ("non_prior",),
+                    "select_omrl": ("non_prior", "proximal")}
 
 
 def tiny(script):
-    """TINY for one script: CSRO draws its meta-batch without replacement, so from the 2 training tasks at most."""
-    if script != "csro":
+    """TINY for one script: CSRO and SELECT draw their meta-batch without replacement, so from the 2 training tasks at
+    most; SELECT's default data are mixed, the test's are expert."""
+    if script not in ("csro", "select_omrl"):
         return TINY
     i = TINY.index("--meta-batch-size")
-    return TINY[: i + 1] + ["2"] + TINY[i + 2 :]
+    return TINY[: i + 1] + ["2"] + TINY[i + 2 :] + (["--behavior", "expert"] if script == "select_omrl" else [])
 
 
 def run(script, cwd, *extra, check=True):
@@ -105,6 +110,7 @@ def test_smoke_outputs(trained, script):
     assert {"actor", "qf1", "qf2", "qf1_target", "qf2_target", "actor_target", "encoder", "actor_optimizer",
             "q_optimizer", "encoder_optimizer"} <= set(checkpoint["agent"])
     assert checkpoint["obs_mean"].shape == checkpoint["obs_std"].shape == (2,)
+    assert ("value_net" in checkpoint["agent"]) == (script == "select_omrl")
     with open(os.path.join(run_dir, "args.json")) as f:
         assert json.load(f)["total_steps"] == 40
 
@@ -194,6 +200,32 @@ def test_metanf_without_flow_and_selection_trains_exactly_unicorn(trained, data_
     assert load_results(trained["metanf"][1])["zero_shot"] != reference["zero_shot"]
 
 
+def test_select_without_weighting_trains_exactly_csro(trained, data_dir, tmp_path):
+    run("select_omrl", tmp_path, *tiny("select_omrl"), "--data-dir", data_dir, "--no-weighted-bc")
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__select_omrl__0__*"))
+    ablation, reference = load_results(run_dir), load_results(trained["csro"][1])
+    for protocol in ("zero_shot", "few_shot", "non_prior"):
+        assert ablation[protocol] == reference[protocol]
+    assert "proximal" in ablation and "value_net" not in torch.load(os.path.join(run_dir, "checkpoint.pt"),
+                                                                    weights_only=False)["agent"]
+    # and the weighted BC is a different model
+    assert load_results(trained["select_omrl"][1])["zero_shot"] != reference["zero_shot"]
+
+
+def test_select_proximal_results_and_eval_only_settings(trained, data_dir, tmp_path):
+    _, run_dir = trained["select_omrl"]
+    proximal = load_results(run_dir)["proximal"]
+    for task_set, ids in (("train", {"0", "1"}), ("test", {"2", "3"})):
+        assert set(proximal["online"][task_set]["per_task"]) == ids
+        assert len(proximal["by_episode"][task_set]) == 20  # point-robot: 400 non-prior steps / horizon 20
+        # the last scored episode, averaged over tasks, is the protocol's score
+        assert proximal["by_episode"][task_set][-1] == pytest.approx(proximal[task_set]["mean"])
+    run("select_omrl", tmp_path, "--env", "point-robot", "--data-dir", data_dir, "--eval-only", "--proximal-episodes", "2",
+        "--checkpoint", os.path.join(run_dir, "checkpoint.pt"))
+    (eval_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__select_omrl_eval__0__*"))
+    assert len(load_results(eval_dir)["proximal"]["by_episode"]["test"]) == 2
+
+
 def test_checkpoint_of_other_algorithm_or_env_is_refused(trained, data_dir, tmp_path):
     focal_checkpoint = os.path.join(trained["focal"][1], "checkpoint.pt")
     result = run("unicorn", tmp_path, "--eval-only", "--checkpoint", focal_checkpoint, "--data-dir", data_dir, check=False)
@@ -223,7 +255,7 @@ def test_focal_distance_loss_hand_computed():
     # pairs: (0,1) diff, d=0.5; (0,2) same, d=0; (0,3) diff, d=1; (1,2) diff, d=0.5; (1,3) same, d=0.5; (2,3) diff, d=1
     positive = (math.sqrt(0 + 1e-3) + math.sqrt(0.5 + 1e-3)) / (2 + 1e-3)
     negative = (1 / 0.6 + 1 / 1.1 + 1 / 0.6 + 1 / 1.1) / (4 + 1e-3)
-    for module in (focal, unicorn, metanf, csro):
+    for module in (focal, unicorn, metanf, csro, select_omrl):
         assert module.focal_distance_loss(z, task_idx).item() == pytest.approx(positive + negative, rel=1e-6)
 
 

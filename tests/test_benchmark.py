@@ -168,6 +168,50 @@ def test_report_gives_an_online_protocol_its_own_table(tmp_path):
     assert (tmp_path / "results" / "point-robot_non_prior.png").exists()
 
 
+def test_report_of_the_proximal_protocol_every_episode_mean_and_online_curve(tmp_path):
+    runs = str(tmp_path / "runs")
+    for seed in (0, 1):
+        run_dir = write_run(runs, "point-robot", "select_omrl", seed, 5, -10.0, -15.0, online=("non_prior", "proximal"))
+        path = os.path.join(run_dir, "results.json")
+        with open(path) as f:
+            results = json.load(f)
+        results["proximal"]["online"] = {"train": {"mean": -20.0 - seed, "per_task": {}},
+                                         "test": {"mean": -25.0, "per_task": {}}}
+        results["proximal"]["by_episode"] = {"train": [-30.0, -20.0, -10.0], "test": [-35.0, -25.0, -15.0]}
+        with open(path, "w") as f:
+            json.dump(results, f)
+        write_run(runs, "point-robot", "csro", seed, 5, -11.0, -16.0, online=("non_prior",))
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "results"), plots=True, paper=False))
+    text = (tmp_path / "results" / "point-robot.md").read_text()
+    table = text.split("## proximal")[1].split("## Runtime")[0]
+    assert "| task set | csro | select_omrl |" in table and "| train | — | -30.00 ± 0.00 (n=2) |" in table
+    assert "| train, every online episode | — | -20.50 ± 0.50 (n=2) |" in table
+    assert "| test, every online episode | — | -25.00 ± 0.00 (n=2) |" in table
+    assert "every online episode" not in text.split("## proximal")[0]  # the non-prior table has no such rows
+    assert (tmp_path / "results" / "point-robot_proximal_by_episode.png").stat().st_size > 1000
+    assert not (tmp_path / "results" / "point-robot_non_prior_by_episode.png").exists()
+
+
+def test_archive_keeps_what_a_report_needs_and_no_checkpoint(tmp_path):
+    runs = str(tmp_path / "runs")
+    for seed in (0, 1):
+        run_dir = write_run(runs, "point-robot", "csro", seed, 5, -10.0 - seed, -15.0, online=("non_prior",))
+        for name in ("args.json", "events.out.tfevents.1.host", "checkpoint.pt"):
+            with open(os.path.join(run_dir, name), "w") as f:
+                f.write("{}")
+    write_run(runs, "point-robot", "csro", 2, 5, -50.0, -50.0, step=10)  # unfinished: not archived
+    write_run(runs, "point-robot", "focal", 0, 5, -12.0, -16.0)
+    archived = tmp_path / "results" / "runs"
+    benchmark.archive(benchmark.Archive(runs_dir=runs, out_dir=str(archived), exps=["csro"]))
+    assert sorted(os.listdir(archived)) == ["point-robot__csro__0__5", "point-robot__csro__1__5"]
+    assert sorted(os.listdir(archived / "point-robot__csro__0__5")) == ["args.json", "events.out.tfevents.1.host",
+                                                                         "results.json"]
+    benchmark.report(benchmark.Report(runs_dir=str(archived), out_dir=str(tmp_path / "again"), plots=False))
+    assert "| train | -10.50 ± 0.50 (n=2) |" in (tmp_path / "again" / "point-robot.md").read_text()
+    with pytest.raises(SystemExit, match="no finished runs to archive"):
+        benchmark.archive(benchmark.Archive(runs_dir=str(tmp_path / "empty"), out_dir=str(archived)))
+
+
 def test_report_never_mixes_budgets(tmp_path):
     runs = str(tmp_path / "runs")
     for seed in (0, 1, 2):

@@ -1,0 +1,736 @@
+# SELECT (Li, Liang, Li, Zeng, "Offline Meta Reinforcement Learning with Weighted Policy Constraints and Proximal Context
+# Collection", AAMAS 2025 extended abstract): CSRO's representation, TD3+BC with weighted behaviour cloning (after wPC,
+# Peng et al., AAAI 2023) and proximal context collection at test time. No public code; CSRO's is
+# https://github.com/MoreanP/CSRO, the TD3+BC backbone GENTLE's (https://github.com/LAMDA-RL/GENTLE).
+# Docs, and every choice the 3-page paper leaves open: docs/select.md
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+from common.datasets import DatasetError, TaskBatchSampler, atomic_write, atomic_write_json, load_dataset, normalization_stats
+from common.envs import ENV_NAMES, HORIZONS, make_env, train_test_split
+
+ALGORITHM = "select_omrl"
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    env: str = "point-robot"
+    """task family, one of: point-robot, cheetah-vel, cheetah-dir, ant-dir, humanoid-dir, hopper-params, walker-params"""
+    seed: int = 0
+    """seed of the experiment (networks, sampling, evaluation episodes)"""
+    data_dir: str = "data"
+    """root folder of the datasets made by collect_data.py"""
+    behavior: Literal["expert", "mixed", "replay"] = "mixed"
+    """which dataset of the env to train on (SELECT's and CSRO's setting: mixed)"""
+    total_steps: int = 200_000
+    """gradient steps"""
+    eval_every: int = 10_000
+    """gradient steps between evaluations (the last step is always evaluated)"""
+    eval_episodes: int = 3
+    """episodes per task and protocol at each evaluation (non-prior, proximal: runs of the whole protocol); a task's
+    score is their mean"""
+    log_every: int = 1_000
+    """gradient steps between loss logs (the only host synchronizations of the training loop)"""
+    device: str = "auto"
+    """torch device; auto: cuda when available"""
+    save_model: bool = True
+    """save a checkpoint (every network, optimizer and the normalization statistics) at each evaluation"""
+    checkpoint: Optional[str] = None
+    """a checkpoint.pt to resume training from, or to evaluate with --eval-only"""
+    eval_only: bool = False
+    """evaluate --checkpoint with every protocol and exit"""
+    torch_deterministic: bool = True
+    """if toggled, sets torch.backends.cudnn.deterministic=True"""
+    n_tasks: int = 20
+    """number of tasks in the task set (cheetah-dir: always 2)"""
+    task_seed: int = 1337
+    """seed of the task set"""
+    n_train: int = 10
+    """the first n_train tasks are the training tasks, the rest the test tasks"""
+
+    # Algorithm specific arguments
+    meta_batch_size: Optional[int] = None
+    """training tasks per gradient step, drawn without replacement as CSRO does (if unset: every training task)"""
+    batch_size: int = 256
+    """RL transitions per task of the meta-batch"""
+    context_size: Optional[int] = None
+    """transitions in a training context, drawn at random from the task's data (if unset: FOCAL's per-env value)"""
+    few_shot_context: Optional[int] = None
+    """few-shot protocol: offline transitions appended to the context before each episode (if unset: the horizon)"""
+    latent_dim: Optional[int] = None
+    """size of the task representation z (if unset: 5; 10 for hopper-params and walker-params)"""
+    hidden_dim: Optional[int] = None
+    """width of the 3 hidden layers of actor and critics (if unset: 256; 64 for point-robot)"""
+    encoder_hidden_dim: Optional[int] = None
+    """width of the 3 hidden layers of the encoder and of the CLUB network (if unset: 200; 64 for point-robot)"""
+    focal_weight: float = 10.0
+    """weight of the distance-metric loss"""
+    club_weight: Optional[float] = None
+    """weight of the CLUB upper bound in the encoder loss (if unset: CSRO's per-env value)"""
+    club_model_weight: float = 10.0
+    """weight of the CLUB network's own loss (its Gaussian NLL of the detached codes)"""
+    lr: float = 3e-4
+    """learning rate of actor, critics, encoder and CLUB network"""
+    gamma: Optional[float] = None
+    """discount factor (if unset: 0.99; 0.9 for point-robot)"""
+    tau: float = 0.005
+    """target smoothing coefficient"""
+    reward_scale: float = 5.0
+    """rewards are multiplied by this in the critic target"""
+    alpha: float = 2.5
+    """TD3+BC: lambda = alpha / mean|min(Q1, Q2)|"""
+    policy_noise: float = 0.2
+    """std of the target policy smoothing noise"""
+    noise_clip: float = 0.5
+    """range of the target policy smoothing noise"""
+    policy_frequency: int = 2
+    """actor and target networks are updated every policy_frequency critic updates"""
+    non_prior_steps: Optional[int] = None
+    """non-prior protocol: scored env steps per task and run (if unset: CSRO's 400 for point-robot, 600 otherwise)"""
+    non_prior_random_fraction: float = 0.5
+    """non-prior protocol: exploration acts uniformly at random while scored plus exploration-episode steps are below
+    this fraction of --non-prior-steps, then with the stochastic policy"""
+    non_prior_infer_after: Optional[int] = None
+    """non-prior protocol: z is first inferred after this many episodes' worth of scored steps (if unset: CSRO's 1 for
+    point-robot, 2 otherwise)"""
+    weighted_bc: bool = True
+    """weight the BC term by w = 1[min(Q1, Q2)(s, a) - V(s, z) > 0] (SELECT's Eq. 3); --no-weighted-bc trains csro.py"""
+    value_target: Literal["dataset", "policy", "expectile"] = "dataset"
+    """V(s, z): dataset: a network regressed by MSE on min(Q1', Q2')(s, a, z) at dataset actions; policy: no network,
+    min(Q1', Q2')(s, pi(s, z), z); expectile: the dataset target fit by an expectile loss"""
+    expectile: float = 0.7
+    """--value-target expectile: the expectile of V's loss"""
+    lambda_at_dataset: bool = False
+    """Eq. 2's lambda: alpha / mean|min(Q1, Q2)| at the dataset's actions instead of the actor's"""
+    proximal: bool = True
+    """evaluate SELECT's proximal context collection (results.json key proximal)"""
+    proximal_episodes: Optional[int] = None
+    """proximal protocol: exploration episodes per run, each followed by a scored one (if unset: as many as the
+    non-prior protocol scores, --non-prior-steps / horizon)"""
+    proximal_sigma: float = 0.1
+    """proximal protocol: std of the Gaussian noise added to the deterministic action in exploration episodes"""
+    proximal_noise_clip: float = 0.5
+    """proximal protocol: the noise is clipped to [-this, this] before it is added"""
+
+
+def apply_env_defaults(args: Args) -> Args:
+    point = args.env == "point-robot"
+    focal_context = {"point-robot": 64, "cheetah-vel": 100, "hopper-params": 100, "walker-params": 100}
+    args.context_size = args.context_size or focal_context.get(args.env, 256)
+    args.few_shot_context = args.few_shot_context or HORIZONS[args.env]
+    args.latent_dim = args.latent_dim or (10 if args.env in ("hopper-params", "walker-params") else 5)
+    args.hidden_dim = args.hidden_dim or (64 if point else 256)
+    args.gamma = args.gamma if args.gamma is not None else (0.9 if point else 0.99)
+    args.encoder_hidden_dim = args.encoder_hidden_dim or (64 if point else 200)
+    # CSRO's configs; ant-dir as its ant-goal and cheetah-dir as its cheetah-vel, which CSRO has no config for
+    csro_club_weight = {"cheetah-vel": 10.0, "cheetah-dir": 10.0, "ant-dir": 50.0, "humanoid-dir": 50.0}
+    args.club_weight = args.club_weight if args.club_weight is not None else csro_club_weight.get(args.env, 25.0)
+    n_train_tasks = 2 if args.env == "cheetah-dir" else args.n_train
+    args.meta_batch_size = args.meta_batch_size if args.meta_batch_size is not None else n_train_tasks
+    args.non_prior_steps = args.non_prior_steps if args.non_prior_steps is not None else (400 if point else 600)
+    args.non_prior_infer_after = args.non_prior_infer_after if args.non_prior_infer_after is not None else (1 if point else 2)
+    if args.proximal_episodes is None:
+        args.proximal_episodes = max(1, args.non_prior_steps // HORIZONS[args.env])
+    return args
+
+
+def mlp(in_dim, out_dim, hidden_dim, n_hidden):
+    layers, dim = [], in_dim
+    for _ in range(n_hidden):
+        layers += [nn.Linear(dim, hidden_dim), nn.ReLU()]
+        dim = hidden_dim
+    return nn.Sequential(*layers, nn.Linear(dim, out_dim))
+
+
+LOG_STD_MAX = 0
+LOG_STD_MIN = -20
+
+
+class Actor(nn.Module):
+    """tanh-Gaussian policy on [s, z]; TD3+BC trains its reparameterized sample and acts with tanh(mean)."""
+
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(obs_dim + latent_dim, 2 * act_dim, hidden_dim, 3)
+
+    def forward(self, obs, z):
+        mean, log_std = self.net(torch.cat([obs, z], -1)).chunk(2, -1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, obs, z):
+        mean, log_std = self(obs, z)
+        return torch.tanh(mean + log_std.exp() * torch.randn_like(mean))
+
+    def act(self, obs, z):
+        return torch.tanh(self(obs, z)[0])
+
+
+class QNetwork(nn.Module):
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim + latent_dim, 1, hidden_dim, 3)
+
+    def forward(self, obs, actions, z):
+        return self.net(torch.cat([obs, actions, z], -1))
+
+
+class ValueNetwork(nn.Module):
+    def __init__(self, obs_dim, latent_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(obs_dim + latent_dim, 1, hidden_dim, 3)
+
+    def forward(self, obs, z):
+        return self.net(torch.cat([obs, z], -1))
+
+
+def expectile_loss(diff, expectile):
+    """IQL's asymmetric squared loss of diff = target - V: weight expectile where V is below its target, 1 - expectile
+    where above."""
+    return (torch.abs(expectile - (diff < 0).float()) * diff**2).mean()
+
+
+def bc_weight(q_data, value):
+    """SELECT's Eq. 3: imitate a dataset action only where its advantage Q(s, a, z) - V(s, z) is positive."""
+    return (q_data - value > 0).float()
+
+
+def proximal_action(action, sigma, noise_clip, generator):
+    """SELECT's Eq. 4, a = pi(s, z) + clip(eps, -noise_clip, noise_clip) with eps ~ N(0, sigma^2), clipped to the
+    action box [-1, 1] (the outer clip is ours: Eq. 4 has none)."""
+    noise = (torch.randn(action.shape, generator=generator, device=action.device) * sigma).clamp(-noise_clip, noise_clip)
+    return (action + noise).clamp(-1.0, 1.0)
+
+
+def transition_inputs(context: dict) -> torch.Tensor:
+    return torch.cat([context["observations"], context["actions"], context["rewards"], context["next_observations"]], -1)
+
+
+def masked_mean(codes, mask):
+    """Mean over the context dimension (-2) of the entries where mask is 1; zeros for an empty context."""
+    return (codes * mask).sum(-2) / mask.sum(-2).clamp(min=1)
+
+
+class Encoder(nn.Module):
+    """Per-transition code tanh(f(s, a, r, s')); a context's z is the mean of its codes."""
+
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(2 * obs_dim + act_dim + 1, latent_dim, hidden_dim, 3)
+
+    def forward(self, transitions):
+        return torch.tanh(self.net(transitions))
+
+
+class ClubNetwork(nn.Module):
+    """CSRO's variational net q_psi(z | s, a) for the CLUB bound: tanh on the whole output, whose first half is the mean
+    and whose softplus of the second half the variance (so the variance lies in [softplus(-1), softplus(1)])."""
+
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim, 2 * latent_dim, hidden_dim, 3)
+
+    def forward(self, obs, actions):
+        mean, raw_var = torch.tanh(self.net(torch.cat([obs, actions], -1))).chunk(2, -1)
+        return mean, F.softplus(raw_var)
+
+
+def club_model_loss(codes, mean, var):
+    """q_psi's own loss, CSRO's Gaussian NLL without constants: mean of (z - mu)^2 / (2 var) + log sqrt(var)."""
+    return ((codes - mean) ** 2 / (2 * var) + 0.5 * torch.log(var)).mean()
+
+
+def club_upper_bound(codes, mean, var):
+    """CSRO's CLUB estimate of I(z; (s, a)) over each task's context (tasks, B, D): matched pairs minus all B x B pairs
+    (i, j) of the same task, each -(z_j - mu_i)^2 / var_i averaged over pairs and dimensions. The B x B mean is expanded
+    into per-task sums, so it costs O(B) instead of O(B^2)."""
+    weight = 1.0 / var
+    positive = -((codes - mean) ** 2 * weight).mean()
+    b = codes.shape[-2]
+    pair_sum = (weight.sum(-2) * (codes**2).sum(-2) - 2 * (weight * mean).sum(-2) * codes.sum(-2)
+                + b * (weight * mean**2).sum(-2))
+    negative = -pair_sum.mean() / b**2
+    return positive - negative
+
+
+def focal_distance_loss(z, task_idx):
+    """FOCAL's distance-metric loss as its code computes it, over the pairs k < l of a meta-batch's z (M, D):
+    same task: sqrt(d + 1e-3); different tasks: 1 / (d + 0.1), with d the mean squared difference per dimension;
+    each sum divided by its number of pairs (+1e-3)."""
+    d = ((z[:, None] - z[None]) ** 2).mean(-1)
+    upper = torch.ones_like(d, dtype=torch.bool).triu(diagonal=1)
+    same = task_idx[:, None] == task_idx[None]
+    positive, negative = (upper & same).float(), (upper & ~same).float()
+    positive_loss = (torch.sqrt(d + 1e-3) * positive).sum() / (positive.sum() + 1e-3)
+    negative_loss = (1.0 / (d + 0.1) * negative).sum() / (negative.sum() + 1e-3)
+    return positive_loss + negative_loss
+
+
+class SELECT:
+    def __init__(self, obs_dim, act_dim, args: Args, device):
+        self.args = args
+        latent, hidden = args.latent_dim, args.hidden_dim
+        self.encoder = Encoder(obs_dim, act_dim, latent, args.encoder_hidden_dim).to(device)
+        self.club_net = ClubNetwork(obs_dim, act_dim, latent, args.encoder_hidden_dim).to(device)
+        self.actor = Actor(obs_dim, act_dim, latent, hidden).to(device)
+        self.actor_target = Actor(obs_dim, act_dim, latent, hidden).to(device)
+        self.qf1 = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
+        self.qf2 = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
+        self.qf1_target = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
+        self.qf2_target = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
+        self.actor_target.load_state_dict(self.actor.state_dict())
+        self.qf1_target.load_state_dict(self.qf1.state_dict())
+        self.qf2_target.load_state_dict(self.qf2.state_dict())
+        self.encoder_optimizer = torch.optim.Adam(self.encoder.parameters(), lr=args.lr)
+        self.club_optimizer = torch.optim.Adam(self.club_net.parameters(), lr=args.lr)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.lr)
+        self.q_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()], lr=args.lr)
+        # built last and only when used, so that every other network starts as in csro.py with the same seed
+        self.uses_value_net = args.weighted_bc and args.value_target != "policy"
+        if self.uses_value_net:
+            self.value_net = ValueNetwork(obs_dim, latent, hidden).to(device)
+            self.value_optimizer = torch.optim.Adam(self.value_net.parameters(), lr=args.lr)
+        self.total_it = 0
+        self.actor_log = {}  # the latest actor-step losses, logged on every step
+
+    def representation_loss(self, context, mask, task_idx) -> tuple:
+        """CSRO's max-min mutual information: FOCAL's loss on the mean codes (max) plus the CLUB upper bound of the
+        codes' information on (s, a) (min). As CSRO's code does, q_psi first takes its own step on the detached codes,
+        then the bound uses the updated q_psi, detached. The contexts are i.i.d. transitions, so mask is all ones."""
+        codes = self.encoder(transition_inputs(context))
+        z = masked_mean(codes, mask)
+        obs, actions = context["observations"], context["actions"]
+        club_net_loss = club_model_loss(codes.detach(), *self.club_net(obs, actions))
+        self.club_optimizer.zero_grad()
+        (self.args.club_model_weight * club_net_loss).backward()
+        self.club_optimizer.step()
+        with torch.no_grad():
+            mean, var = self.club_net(obs, actions)
+        club_loss = club_upper_bound(codes, mean, var)
+        focal_loss = focal_distance_loss(z, task_idx)
+        loss = self.args.focal_weight * focal_loss + self.args.club_weight * club_loss
+        log = {"losses/focal_loss": focal_loss, "losses/club_loss": club_loss, "losses/club_model_loss": club_net_loss}
+        return loss, z, log
+
+    def update(self, batch: dict, context: dict, mask: torch.Tensor, task_idx: torch.Tensor) -> dict:
+        args = self.args
+        representation_loss, z, log = self.representation_loss(context, mask, task_idx)
+        self.encoder_optimizer.zero_grad()
+        representation_loss.backward()
+        self.encoder_optimizer.step()
+        log["losses/representation_loss"] = representation_loss
+
+        # z is detached for every RL loss: the encoder learns only from its representation loss.
+        z = z.detach()[:, None].expand(-1, batch["observations"].shape[1], -1)
+        obs, actions, next_obs = batch["observations"], batch["actions"], batch["next_observations"]
+        with torch.no_grad():
+            noise = (torch.randn_like(actions) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip)
+            next_actions = (self.actor_target.act(next_obs, z) + noise).clamp(-1.0, 1.0)
+            min_qf_next = torch.min(self.qf1_target(next_obs, next_actions, z), self.qf2_target(next_obs, next_actions, z))
+            next_q_value = args.reward_scale * batch["rewards"] + (1 - batch["terminations"]) * args.gamma * min_qf_next
+        qf1_a_values, qf2_a_values = self.qf1(obs, actions, z), self.qf2(obs, actions, z)
+        qf1_loss, qf2_loss = F.mse_loss(qf1_a_values, next_q_value), F.mse_loss(qf2_a_values, next_q_value)
+        self.q_optimizer.zero_grad()
+        (qf1_loss + qf2_loss).backward()
+        self.q_optimizer.step()
+        log.update({"losses/qf1_loss": qf1_loss, "losses/qf2_loss": qf2_loss, "losses/qf1_values": qf1_a_values.mean()})
+        if self.uses_value_net:
+            value_loss = self.value_loss(obs, actions, z)
+            self.value_optimizer.zero_grad()
+            value_loss.backward()
+            self.value_optimizer.step()
+            log["losses/value_loss"] = value_loss
+
+        if self.total_it % args.policy_frequency == 0:
+            pi = self.actor.sample(obs, z)
+            min_qf_pi = torch.min(self.qf1(obs, pi, z), self.qf2(obs, pi, z))
+            if args.weighted_bc or args.lambda_at_dataset:
+                with torch.no_grad():
+                    q_data = torch.min(self.qf1(obs, actions, z), self.qf2(obs, actions, z))
+            # Eq. 2 averages |Q| at the dataset's actions; GENTLE's TD3+BC (the default) at the actor's
+            lmbda = args.alpha / (q_data.abs().mean() if args.lambda_at_dataset else min_qf_pi.abs().mean().detach())
+            if args.weighted_bc:  # Eq. 1, negated: w masks whole actions, the mean stays over the whole batch
+                weight = bc_weight(q_data, self.value(obs, z))
+                bc_loss = (weight * (pi - actions) ** 2).mean()
+            else:
+                bc_loss = F.mse_loss(pi, actions)
+            actor_loss = -lmbda * min_qf_pi.mean() + bc_loss
+            self.actor_optimizer.zero_grad()
+            actor_loss.backward()
+            self.actor_optimizer.step()
+            with torch.no_grad():
+                for net, target in ((self.actor, self.actor_target), (self.qf1, self.qf1_target), (self.qf2, self.qf2_target)):
+                    for p, tp in zip(net.parameters(), target.parameters()):
+                        tp.lerp_(p, args.tau)
+            self.actor_log = {"losses/actor_loss": actor_loss.detach(), "losses/bc_loss": bc_loss.detach()}
+            if args.weighted_bc:
+                self.actor_log["losses/bc_weight"] = weight.mean()  # the share of dataset actions imitated
+        self.total_it += 1
+        return {**{k: v.detach() for k, v in log.items()}, **self.actor_log}
+
+    def value_loss(self, obs, actions, z):
+        """V(s, z) regressed on the target critics at the dataset's actions ("V relying on the outputs of the target Q
+        networks"), so it estimates the value of the data's average action and Q - V > 0 marks the better ones."""
+        with torch.no_grad():
+            target = torch.min(self.qf1_target(obs, actions, z), self.qf2_target(obs, actions, z))
+        value = self.value_net(obs, z)
+        if self.args.value_target == "expectile":
+            return expectile_loss(target - value, self.args.expectile)
+        return F.mse_loss(value, target)
+
+    @torch.no_grad()
+    def value(self, obs, z):
+        if self.args.value_target == "policy":  # a Q-filter: imitate only actions better than the policy's own
+            policy_actions = self.actor.act(obs, z)
+            return torch.min(self.qf1_target(obs, policy_actions, z), self.qf2_target(obs, policy_actions, z))
+        return self.value_net(obs, z)
+
+    @torch.no_grad()
+    def context_codes(self, transitions):
+        return self.encoder(transitions)
+
+    NETWORKS = ("encoder", "club_net", "actor", "actor_target", "qf1", "qf2", "qf1_target", "qf2_target")
+    OPTIMIZERS = ("encoder_optimizer", "club_optimizer", "actor_optimizer", "q_optimizer")
+
+    def modules(self) -> tuple:
+        value = ("value_net", "value_optimizer") if self.uses_value_net else ()
+        return self.NETWORKS + self.OPTIMIZERS + value
+
+    def state_dict(self) -> dict:
+        state = {k: getattr(self, k).state_dict() for k in self.modules()}
+        return {**state, "total_it": self.total_it}
+
+    def load_state_dict(self, state: dict):
+        for k in self.modules():
+            getattr(self, k).load_state_dict(state[k])
+        self.total_it = state["total_it"]
+
+
+@torch.no_grad()
+def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device) -> np.ndarray:
+    """Mean return per task over args.eval_episodes deterministic episodes, all tasks stepped in lockstep.
+
+    zero_shot: the context starts empty (z = 0) and every transition of the episode joins it as it happens;
+    few_shot: before each episode, args.few_shot_context offline transitions of the task join the context,
+    and z stays fixed during the episode. Episode k resets every env with seed args.seed + k."""
+    n, latent = len(envs), args.latent_dim
+    mean, std = torch.as_tensor(obs_mean, device=device), torch.as_tensor(obs_std, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    task_idx = torch.arange(n, device=device)
+    returns = np.zeros((n, args.eval_episodes))
+    code_sum, count = torch.zeros(n, latent, device=device), torch.zeros(n, 1, device=device)
+    for episode in range(args.eval_episodes):
+        obs = np.stack([env.reset(seed=args.seed + episode)[0] for env in envs])
+        if protocol == "zero_shot":
+            code_sum.zero_(), count.zero_()
+        else:
+            context, _ = sampler.sample_context(task_idx, args.few_shot_context, generator=generator)
+            code_sum += agent.context_codes(transition_inputs(context)).sum(1)
+            count += args.few_shot_context
+        active = np.ones(n, dtype=bool)
+        while active.any():
+            obs_t = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
+            z = code_sum / count.clamp(min=1)
+            actions = agent.actor.act(obs_t, z).cpu().numpy()
+            next_obs, rewards, stepped = obs.copy(), np.zeros(n, dtype=np.float32), active.copy()
+            for j in np.flatnonzero(stepped):
+                next_obs[j], rewards[j], terminated, truncated, _ = envs[j].step(actions[j])
+                returns[j, episode] += rewards[j]
+                active[j] = not (terminated or truncated)
+            if protocol == "zero_shot":
+                transition = {
+                    "observations": obs_t,
+                    "actions": torch.as_tensor(actions, device=device),
+                    "rewards": torch.as_tensor(rewards, device=device)[:, None],
+                    "next_observations": (torch.as_tensor(next_obs, dtype=torch.float32, device=device) - mean) / std,
+                }
+                stepped_t = torch.as_tensor(stepped, dtype=torch.float32, device=device)[:, None]
+                code_sum += agent.context_codes(transition_inputs(transition)) * stepped_t
+                count += stepped_t
+            obs = next_obs
+    return returns.mean(1)
+
+
+@torch.no_grad()
+def evaluate_non_prior(agent, envs, args, obs_mean, obs_std, device) -> np.ndarray:
+    """CSRO's non-prior online protocol, per task the return of the last scored episode, averaged over
+    args.eval_episodes runs; all tasks stepped in lockstep, each with its own schedule.
+
+    A run alternates an exploration phase (episodes until at least one horizon of steps, all joining the context) and
+    one deterministic scored episode (not joining it), until args.non_prior_steps scored steps. An exploration action
+    is uniformly random while CSRO's counter (scored steps so far plus steps of the current exploration episode) is
+    below args.non_prior_random_fraction * args.non_prior_steps, else a sample of the stochastic policy. z starts at 0
+    and is re-inferred from the whole context after each scored episode once args.non_prior_infer_after horizons of
+    scored steps are done. Run k resets every env with seed args.seed + k; the random draws come from a generator
+    seeded with args.seed."""
+    n, horizon, total = len(envs), HORIZONS[args.env], args.non_prior_steps
+    act_dim = envs[0].action_space.shape[0]
+    mean, std = torch.as_tensor(obs_mean, device=device), torch.as_tensor(obs_std, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    returns = np.zeros((n, args.eval_episodes))
+    for run in range(args.eval_episodes):
+        code_sum, count = torch.zeros(n, args.latent_dim, device=device), torch.zeros(n, 1, device=device)
+        z = torch.zeros(n, args.latent_dim, device=device)
+        scored = np.zeros(n, dtype=np.int64)  # scored steps so far
+        explored = np.zeros(n, dtype=np.int64)  # steps of the current exploration phase
+        counter = np.zeros(n, dtype=np.int64)  # CSRO's: scored steps + steps of the current exploration episode
+        episode_length, episode_return = np.zeros(n, dtype=np.int64), np.zeros(n)
+        exploring, active = np.ones(n, dtype=bool), np.ones(n, dtype=bool)
+        obs = np.stack([env.reset(seed=args.seed + run)[0] for env in envs])
+        while active.any():
+            obs_t = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
+            action_mean, log_std = agent.actor(obs_t, z)
+            noise = torch.randn(action_mean.shape, generator=generator, device=device)
+            policy_sample = torch.tanh(action_mean + log_std.exp() * noise)
+            uniform = torch.rand(n, act_dim, generator=generator, device=device) * 2 - 1
+            random_prob = torch.as_tensor(counter < args.non_prior_random_fraction * total, device=device).float()
+            at_random = torch.rand(n, generator=generator, device=device) < random_prob
+            exploration = torch.where(at_random[:, None], uniform, policy_sample)
+            explore_t = torch.as_tensor(exploring, device=device)[:, None]
+            actions = torch.where(explore_t, exploration, torch.tanh(action_mean)).cpu().numpy()
+            next_obs, rewards, stepped, ended = obs.copy(), np.zeros(n, dtype=np.float32), active.copy(), np.zeros(n, bool)
+            for j in np.flatnonzero(stepped):
+                next_obs[j], rewards[j], terminated, truncated, _ = envs[j].step(actions[j])
+                ended[j] = terminated or truncated
+            transition = {
+                "observations": obs_t,
+                "actions": torch.as_tensor(actions, device=device),
+                "rewards": torch.as_tensor(rewards, device=device)[:, None],
+                "next_observations": (torch.as_tensor(next_obs, dtype=torch.float32, device=device) - mean) / std,
+            }
+            joins = torch.as_tensor(stepped & exploring, dtype=torch.float32, device=device)[:, None]
+            code_sum += agent.context_codes(transition_inputs(transition)) * joins
+            count += joins
+            counter += stepped & exploring
+            explored += stepped & exploring
+            episode_length += stepped
+            episode_return += np.where(stepped & ~exploring, rewards, 0.0)
+            obs = next_obs
+            for j in np.flatnonzero(ended):
+                if exploring[j]:
+                    exploring[j] = explored[j] < horizon  # else the phase ends; a new episode restarts the counter
+                else:
+                    scored[j] += episode_length[j]
+                    returns[j, run] = episode_return[j]
+                    if scored[j] >= args.non_prior_infer_after * horizon:
+                        z[j] = code_sum[j] / count[j]
+                    active[j] = scored[j] < total
+                    exploring[j], explored[j] = True, 0
+                counter[j], episode_length[j], episode_return[j] = scored[j], 0, 0.0
+                if active[j]:
+                    obs[j] = envs[j].reset()[0]
+    return returns.mean(1)
+
+
+@torch.no_grad()
+def evaluate_proximal(agent, envs, args, obs_mean, obs_std, device) -> dict:
+    """SELECT's proximal context collection, all tasks stepped in lockstep. A run is args.proximal_episodes rounds of one
+    exploration episode, acting proximal_action(tanh(mean of pi(s, z))) with the current z, whose transitions join the
+    context, after which z is re-inferred from the whole context; then one deterministic scored episode with that z,
+    which does not join it. z starts at 0. Run k resets every env with seed args.seed + k at its first episode; the noise
+    comes from a generator seeded with args.seed.
+
+    Returns, each averaged over args.eval_episodes runs: "score", the last scored episode's return per task (n,);
+    "online", the mean return of every episode of the run, exploration included (n,); "by_episode", the return of each
+    scored episode by its position (n, args.proximal_episodes)."""
+    n, rounds = len(envs), args.proximal_episodes
+    mean, std = torch.as_tensor(obs_mean, device=device), torch.as_tensor(obs_std, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    scored, explored = np.zeros((n, args.eval_episodes, rounds)), np.zeros((n, args.eval_episodes, rounds))
+    for run in range(args.eval_episodes):
+        code_sum, count = torch.zeros(n, args.latent_dim, device=device), torch.zeros(n, 1, device=device)
+        z = torch.zeros(n, args.latent_dim, device=device)
+        for k in range(rounds):
+            for exploring, returns in ((True, explored), (False, scored)):
+                obs = np.stack([env.reset(seed=args.seed + run if k == 0 and exploring else None)[0] for env in envs])
+                active = np.ones(n, dtype=bool)
+                while active.any():
+                    obs_t = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
+                    actions = agent.actor.act(obs_t, z)
+                    if exploring:
+                        actions = proximal_action(actions, args.proximal_sigma, args.proximal_noise_clip, generator)
+                    actions = actions.cpu().numpy()
+                    next_obs, rewards, stepped = obs.copy(), np.zeros(n, dtype=np.float32), active.copy()
+                    for j in np.flatnonzero(stepped):
+                        next_obs[j], rewards[j], terminated, truncated, _ = envs[j].step(actions[j])
+                        returns[j, run, k] += rewards[j]
+                        active[j] = not (terminated or truncated)
+                    if exploring:
+                        transition = {
+                            "observations": obs_t,
+                            "actions": torch.as_tensor(actions, device=device),
+                            "rewards": torch.as_tensor(rewards, device=device)[:, None],
+                            "next_observations": (torch.as_tensor(next_obs, dtype=torch.float32, device=device) - mean) / std,
+                        }
+                        stepped_t = torch.as_tensor(stepped, dtype=torch.float32, device=device)[:, None]
+                        code_sum += agent.context_codes(transition_inputs(transition)) * stepped_t
+                        count += stepped_t
+                    obs = next_obs
+                if exploring:
+                    z = code_sum / count.clamp(min=1)
+    online = (scored.sum(2) + explored.sum(2)) / (2 * rounds)
+    return {"score": scored[:, :, -1].mean(1), "online": online.mean(1), "by_episode": scored.mean(1)}
+
+
+def load_checkpoint(path: str, args: Args) -> dict:
+    if not os.path.exists(path):
+        raise SystemExit(f"error: checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if checkpoint.get("algorithm") != ALGORITHM:
+        found = checkpoint.get("algorithm")
+        raise SystemExit(f"error: {path} is a checkpoint of {found!r}, not of {ALGORITHM}; use its own script")
+    trained_env = checkpoint["args"]["env"]
+    if trained_env != args.env:
+        raise SystemExit(f"error: {path} was trained on {trained_env}, not {args.env}; pass --env {trained_env}")
+    return checkpoint
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    if args.env not in ENV_NAMES:
+        raise SystemExit(f"error: unknown env {args.env!r}; valid names are: {', '.join(ENV_NAMES)}")
+    if args.eval_only and args.checkpoint is None:
+        raise SystemExit("error: --eval-only needs --checkpoint PATH")
+    checkpoint = load_checkpoint(args.checkpoint, args) if args.checkpoint else None
+    if checkpoint:  # the saved run's arguments define the networks and the task set; eval and run options stay
+        keep = ("checkpoint", "eval_only", "device", "exp_name", "total_steps", "eval_every", "log_every", "save_model",
+                "data_dir")
+        if args.eval_only:  # a saved model can be evaluated under other proximal settings
+            keep += ("proximal", "proximal_episodes", "proximal_sigma", "proximal_noise_clip")
+        args = Args(**{**checkpoint["args"], **{k: getattr(args, k) for k in keep}})
+    args = apply_env_defaults(args)
+    train_ids, test_ids = train_test_split(args.env, args.n_tasks, args.n_train)
+    if not 1 <= args.meta_batch_size <= len(train_ids):
+        raise SystemExit(f"error: --meta-batch-size {args.meta_batch_size}: CSRO draws the meta-batch's tasks without "
+                         f"replacement, so it takes 1 to {len(train_ids)} (the number of training tasks)")
+    try:
+        task_ids = sorted(set(train_ids + test_ids))
+        dataset = load_dataset(args.env, args.behavior, args.data_dir, task_ids, args.n_tasks, args.task_seed)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    interrupted = checkpoint is not None and not args.eval_only and checkpoint["step"] < checkpoint["args"]["total_steps"]
+    if interrupted:  # the run goes on in its own folder; a finished run trained further gets a new one
+        run_dir = os.path.dirname(os.path.abspath(args.checkpoint))
+    else:
+        run_name = f"{args.env}__{args.exp_name}{'_eval' if args.eval_only else ''}__{args.seed}__{int(time.time())}"
+        run_dir = os.path.join("runs", run_name)
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    atomic_write_json(os.path.join(run_dir, "args.json"), asdict(args))
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = torch.device(device_name)
+
+    obs_mean, obs_std = normalization_stats(dataset, train_ids)
+    if checkpoint:
+        obs_mean, obs_std = checkpoint["obs_mean"], checkpoint["obs_std"]
+    train_sampler = TaskBatchSampler(dataset, train_ids, obs_mean, obs_std, device)
+    test_sampler = TaskBatchSampler(dataset, test_ids, obs_mean, obs_std, device)
+    agent = SELECT(dataset.obs_dim, dataset.act_dim, args, device)
+    start_step = 0
+    if checkpoint:
+        agent.load_state_dict(checkpoint["agent"])
+        start_step = checkpoint["step"]
+        torch.set_rng_state(checkpoint["rng_state"])
+    eval_envs = {
+        "train": [make_env(args.env, i, args.n_tasks, args.task_seed) for i in train_ids],
+        "test": [make_env(args.env, i, args.n_tasks, args.task_seed) for i in test_ids],
+    }
+    task_sets = {"train": (train_ids, train_sampler), "test": (test_ids, test_sampler)}
+
+    def run_evaluation(step: int) -> dict:
+        results = {"algorithm": ALGORITHM, "env": args.env, "seed": args.seed, "step": step, "total_steps": args.total_steps}
+        protocols = ("zero_shot", "few_shot", "non_prior") + (("proximal",) if args.proximal else ())
+        for protocol in protocols:
+            results[protocol] = {}
+            for name, (ids, sampler) in task_sets.items():
+                if protocol == "non_prior":
+                    returns = evaluate_non_prior(agent, eval_envs[name], args, obs_mean, obs_std, device)
+                elif protocol == "proximal":
+                    proximal = evaluate_proximal(agent, eval_envs[name], args, obs_mean, obs_std, device)
+                    returns, online = proximal["score"], proximal["online"]
+                    results[protocol].setdefault("online", {})[name] = {
+                        "mean": float(online.mean()), "per_task": {str(i): float(r) for i, r in zip(ids, online)}}
+                    results[protocol].setdefault("by_episode", {})[name] = proximal["by_episode"].mean(0).tolist()
+                    writer.add_scalar(f"eval/proximal/{name}_online_return", online.mean(), step)
+                else:
+                    returns = evaluate(agent, eval_envs[name], sampler, protocol, args, obs_mean, obs_std, device)
+                per_task = {str(i): float(r) for i, r in zip(ids, returns)}
+                results[protocol][name] = {"mean": float(returns.mean()), "per_task": per_task}
+                writer.add_scalar(f"eval/{protocol}/{name}_return", returns.mean(), step)
+        print(f"step {step}: " + " | ".join(
+            f"{p.replace('_', '-')} train {results[p]['train']['mean']:.2f} test {results[p]['test']['mean']:.2f}"
+            for p in protocols), flush=True)
+        return results
+
+    if args.eval_only:
+        results = run_evaluation(checkpoint["step"])  # total_steps: the budget of the run that saved the checkpoint
+        results.update(total_steps=checkpoint["args"]["total_steps"], checkpoint=args.checkpoint)
+        atomic_write_json(os.path.join(run_dir, "results.json"), results)
+        writer.close()
+        raise SystemExit(0)
+
+    n_transitions = sum(len(dataset.tasks[i]["rewards"]) for i in train_ids)
+    print(
+        f"{ALGORITHM} on {args.env}: {len(train_ids)} training tasks ({n_transitions:,} transitions of {args.behavior} data), "
+        f"{len(test_ids)} test tasks, {args.total_steps - start_step:,} gradient steps on {device}; logs in {run_dir}",
+        flush=True,
+    )
+    start_time, last_log = time.time(), start_step
+    earlier_wall_time = checkpoint.get("wall_time", 0.0) if checkpoint else 0.0
+    for global_step in range(start_step, args.total_steps):
+        task_idx = torch.randperm(len(train_ids), device=device)[: args.meta_batch_size]
+        batch = train_sampler.sample(task_idx, args.batch_size)
+        context, mask = train_sampler.sample_context(task_idx, args.context_size)
+        log = agent.update(batch, context, mask, task_idx)
+        step = global_step + 1
+        if step % args.log_every == 0 or step == args.total_steps:
+            values = {k: v.item() for k, v in log.items()}
+            bad = [k for k, v in values.items() if not np.isfinite(v)]
+            if bad:
+                raise SystemExit(
+                    f"error: {', '.join(bad)} became non-finite between steps {last_log} and {step}; the run stops here "
+                    f"(the last checkpoint, of an earlier evaluation, is kept in {run_dir})"
+                )
+            for k, v in values.items():
+                writer.add_scalar(k, v, step)
+            sps = (step - start_step) / (time.time() - start_time)
+            writer.add_scalar("charts/SPS", sps, step)
+            eta = time.strftime("%H:%M:%S", time.gmtime((args.total_steps - step) / sps))
+            print(f"step {step}/{args.total_steps} | {sps:,.0f} updates/s | ETA {eta}", flush=True)
+            last_log = step
+        if step % args.eval_every == 0 or step == args.total_steps:
+            results = run_evaluation(step)
+            results["wall_time"] = earlier_wall_time + time.time() - start_time  # of the whole run, resumed or not
+            results["updates_per_second"] = (step - start_step) / (time.time() - start_time)
+            print(f"step {step}: {results['updates_per_second']:,.0f} updates/s", flush=True)
+            if args.save_model:
+                state = {
+                    "algorithm": ALGORITHM,
+                    "args": asdict(args),
+                    "step": step,
+                    "agent": agent.state_dict(),
+                    "obs_mean": obs_mean,
+                    "obs_std": obs_std,
+                    "rng_state": torch.get_rng_state(),
+                    "wall_time": results["wall_time"],
+                }
+                atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda p: torch.save(state, p), suffix=".pt")
+            atomic_write_json(os.path.join(run_dir, "results.json"), results)
+    writer.close()
