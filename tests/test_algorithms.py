@@ -14,11 +14,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import csro  # noqa: E402
 import focal  # noqa: E402
+import gentle  # noqa: E402
 import metanf  # noqa: E402
 import select_omrl  # noqa: E402
 import unicorn  # noqa: E402
 
-SCRIPTS = ["focal", "unicorn", "metanf", "csro", "select_omrl"]
+SCRIPTS = ["focal", "unicorn", "metanf", "csro", "select_omrl", "gentle"]
 # past every warm-up: the actor is updated every 2nd step, losses logged every 10, evaluated at 20 and 40
 TINY = ["--env", "point-robot", "--n-tasks", "4", "--n-train", "2", "--total-steps", "40", "--eval-every", "20",
         "--log-every", "10", "--eval-episodes", "2", "--meta-batch-size", "4", "--batch-size", "32"]
@@ -28,20 +29,24 @@ REPRESENTATION_TAGS = {
     "select_omrl": {"losses/focal_loss", "losses/club_loss", "losses/club_model_loss", "losses/value_loss",
                     "losses/bc_weight", "eval/proximal/train_online_return", "eval/proximal/test_online_return"},
     "unicorn": {"losses/focal_loss", "losses/recon_loss"},
+    "gentle": {"losses/tae_loss", "dynamics/holdout_mse", "dynamics/fit_time"},
     "metanf": {"losses/focal_loss", "losses/recon_loss"},
 }
 # each script's own online protocols, beside zero-shot and few-shot
 ONLINE_PROTOCOLS = {"focal": (), "unicorn": (), "metanf": (), "csro": ("non_prior",),
-                    "select_omrl": ("non_prior", "proximal")}
+                    "select_omrl": ("non_prior", "proximal"), "gentle": ("one_shot",)}
 
 
 def tiny(script):
-    """TINY for one script: CSRO and SELECT draw their meta-batch without replacement, so from the 2 training tasks at
-    most; SELECT's default data are mixed, the test's are expert."""
-    if script not in ("csro", "select_omrl"):
+    """TINY for one script: CSRO, SELECT and GENTLE draw their meta-batch without replacement, so from the 2 training
+    tasks at most; SELECT's default data are mixed, the test's are expert; GENTLE's ensembles fit for a few epochs and
+    its pseudo-transitions are rebuilt at steps 0 and 20."""
+    if script not in ("csro", "select_omrl", "gentle"):
         return TINY
     i = TINY.index("--meta-batch-size")
-    return TINY[: i + 1] + ["2"] + TINY[i + 2 :] + (["--behavior", "expert"] if script == "select_omrl" else [])
+    own = {"csro": [], "select_omrl": ["--behavior", "expert"],
+           "gentle": ["--ensemble-max-epochs", "5", "--relabel-every", "20", "--relabel-states", "64"]}
+    return TINY[: i + 1] + ["2"] + TINY[i + 2 :] + own[script]
 
 
 def run(script, cwd, *extra, check=True):
@@ -224,6 +229,34 @@ def test_select_proximal_results_and_eval_only_settings(trained, data_dir, tmp_p
         "--checkpoint", os.path.join(run_dir, "checkpoint.pt"))
     (eval_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__select_omrl_eval__0__*"))
     assert len(load_results(eval_dir)["proximal"]["by_episode"]["test"]) == 2
+
+
+def test_gentle_without_pseudo_transitions_fits_no_ensemble(trained, data_dir, tmp_path):
+    result = run("gentle", tmp_path, *tiny("gentle"), "--data-dir", data_dir, "--no-pseudo-transitions",
+                 "--dynamics-dir", str(tmp_path / "dynamics"))
+    assert "dynamics ensembles" not in result.stdout and not (tmp_path / "dynamics").exists()
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__gentle__0__*"))
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    assert "dynamics/holdout_mse" not in events.Tags()["scalars"] and "losses/tae_loss" in events.Tags()["scalars"]
+    plain, augmented = load_results(run_dir), load_results(trained["gentle"][1])
+    assert {"zero_shot", "few_shot", "one_shot"} <= set(plain) and plain["zero_shot"] != augmented["zero_shot"]
+    # the grid's second run loads the first one's ensembles instead of fitting them again
+    again = run("gentle", tmp_path, *tiny("gentle"), "--data-dir", data_dir, "--seed", "1")
+    assert "dynamics ensembles: loaded" in again.stdout
+
+
+def test_gentle_resumes_with_the_pseudo_transitions_of_an_uninterrupted_run(trained, data_dir, tmp_path):
+    run("gentle", tmp_path, *[a if a != "40" else "20" for a in tiny("gentle")], "--data-dir", data_dir)
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__gentle__0__*"))
+    path = os.path.join(run_dir, "checkpoint.pt")
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["args"]["total_steps"] = 40
+    torch.save(checkpoint, path)
+    run("gentle", tmp_path, *tiny("gentle"), "--data-dir", data_dir, "--checkpoint", path)
+    resumed, uninterrupted = load_results(run_dir), load_results(trained["gentle"][1])
+    for protocol in ("zero_shot", "few_shot", "one_shot"):
+        assert resumed[protocol] == uninterrupted[protocol]
 
 
 def test_checkpoint_of_other_algorithm_or_env_is_refused(trained, data_dir, tmp_path):

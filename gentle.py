@@ -1,0 +1,735 @@
+# GENTLE (Zhou, Gao, Zhang, Yu, "Generalizable Task Representation Learning for Offline Meta-Reinforcement Learning with
+# Data Limitations", AAAI 2024): a task auto-encoder trained on real and pseudo-transitions, the latter labelled by
+# per-task dynamics ensembles, on GENTLE's TD3+BC; `--no-pseudo-transitions` is the Meta-NF paper's GENTLE column.
+# Reference code: https://github.com/LAMDA-RL/GENTLE. Docs and deviations from the reference code: docs/gentle.md
+import hashlib
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+from common.datasets import DatasetError, TaskBatchSampler, atomic_write, atomic_write_json, load_dataset, normalization_stats
+from common.envs import ENV_NAMES, HORIZONS, make_env, train_test_split
+
+ALGORITHM = "gentle"
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    env: str = "point-robot"
+    """task family, one of: point-robot, cheetah-vel, cheetah-dir, ant-dir, humanoid-dir, hopper-params, walker-params"""
+    seed: int = 0
+    """seed of the experiment (networks, sampling, evaluation episodes)"""
+    data_dir: str = "data"
+    """root folder of the datasets made by collect_data.py"""
+    behavior: Literal["expert", "mixed", "replay"] = "expert"
+    """which dataset of the env to train on"""
+    total_steps: int = 200_000
+    """gradient steps"""
+    eval_every: int = 10_000
+    """gradient steps between evaluations (the last step is always evaluated)"""
+    eval_episodes: int = 3
+    """episodes per task and protocol at each evaluation (one-shot: runs of the whole protocol); a task's score is their
+    mean"""
+    log_every: int = 1_000
+    """gradient steps between loss logs (the only host synchronizations of the training loop)"""
+    device: str = "auto"
+    """torch device; auto: cuda when available"""
+    save_model: bool = True
+    """save a checkpoint (every network, optimizer and the normalization statistics) at each evaluation"""
+    checkpoint: Optional[str] = None
+    """a checkpoint.pt to resume training from, or to evaluate with --eval-only"""
+    eval_only: bool = False
+    """evaluate --checkpoint with every protocol and exit"""
+    torch_deterministic: bool = True
+    """if toggled, sets torch.backends.cudnn.deterministic=True"""
+    n_tasks: int = 20
+    """number of tasks in the task set (cheetah-dir: always 2)"""
+    task_seed: int = 1337
+    """seed of the task set"""
+    n_train: int = 10
+    """the first n_train tasks are the training tasks, the rest the test tasks"""
+
+    # Algorithm specific arguments
+    meta_batch_size: Optional[int] = None
+    """training tasks per gradient step, drawn without replacement as GENTLE does (if unset: every training task)"""
+    batch_size: int = 256
+    """RL transitions per task of the meta-batch"""
+    context_size: int = 256
+    """transitions in a training context of the task auto-encoder, real and pseudo together (GENTLE's 256)"""
+    few_shot_context: Optional[int] = None
+    """few-shot protocol: offline transitions appended to the context before each episode (if unset: the horizon)"""
+    latent_dim: Optional[int] = None
+    """size of the task representation z (if unset: 5; 10 for hopper-params and walker-params)"""
+    hidden_dim: Optional[int] = None
+    """width of the 3 hidden layers of actor and critics (if unset: 256; 64 for point-robot)"""
+    encoder_hidden_dim: Optional[int] = None
+    """width of the 3 hidden layers of the encoder and of the decoder (if unset: 256; 64 for point-robot)"""
+    recon_weight: float = 10.0
+    """weight of the task auto-encoder's reconstruction loss"""
+    lr: float = 3e-4
+    """learning rate of actor, critics, encoder and decoder"""
+    gamma: Optional[float] = None
+    """discount factor (if unset: 0.99; 0.9 for point-robot)"""
+    tau: float = 0.005
+    """target smoothing coefficient"""
+    reward_scale: float = 5.0
+    """rewards are multiplied by this in the critic target"""
+    alpha: float = 2.5
+    """TD3+BC: lambda = alpha / mean|min(Q1, Q2)|"""
+    policy_noise: float = 0.2
+    """std of the target policy smoothing noise"""
+    noise_clip: float = 0.5
+    """range of the target policy smoothing noise"""
+    policy_frequency: int = 2
+    """actor and target networks are updated every policy_frequency critic updates"""
+    pseudo_transitions: bool = True
+    """augment the auto-encoder's contexts with pseudo-transitions of the dynamics ensembles (GENTLE); off: real data only,
+    the Meta-NF paper's GENTLE"""
+    pseudo_fraction: float = 0.95
+    """share of a training context that is pseudo-transitions (GENTLE's relabel_data_ratio)"""
+    relabel_every: int = 400
+    """gradient steps between two rebuilds of the pseudo-transitions (GENTLE: once per 400-step iteration)"""
+    relabel_states: int = 2560
+    """offline states per training task relabelled at each rebuild"""
+    negative_tasks: Optional[int] = None
+    """other training tasks whose ensembles also label a task's relabelled states (if unset: 3; 1 for cheetah-dir; at most
+    the number of other training tasks)"""
+    ensemble_size: int = 7
+    """dynamics models per training task"""
+    ensemble_hidden_dim: Optional[int] = None
+    """width of the 3 hidden (Swish) layers of a dynamics model (if unset: 256; 64 for point-robot)"""
+    ensemble_lr: float = 1e-3
+    """learning rate of the dynamics models"""
+    ensemble_batch_size: int = 256
+    """transitions per model in a dynamics-fitting step"""
+    ensemble_holdout: float = 0.2
+    """share of a task's transitions held out for early stopping (at most 1000)"""
+    ensemble_patience: int = 5
+    """fitting stops after this many epochs in which no model's hold-out error improved by more than 1%"""
+    ensemble_max_epochs: int = 500
+    """fitting stops after this many epochs in any case"""
+    dynamics_seed: int = 0
+    """seed of the ensembles' initialization, splits and batches (one fit serves every run seed)"""
+    dynamics_dir: Optional[str] = None
+    """where fitted ensembles are kept and looked up (if unset: {data_dir}/{env}/{behavior}/dynamics)"""
+    one_shot_samples: Optional[int] = None
+    """one-shot protocol: transitions collected under z = 0 with the stochastic policy (if unset: the horizon)"""
+    one_shot_steps: int = 600
+    """one-shot protocol: scored env steps per task and run (GENTLE's num_steps_per_eval)"""
+
+
+def apply_env_defaults(args: Args) -> Args:
+    point = args.env == "point-robot"
+    args.few_shot_context = args.few_shot_context or HORIZONS[args.env]
+    args.latent_dim = args.latent_dim or (10 if args.env in ("hopper-params", "walker-params") else 5)
+    args.hidden_dim = args.hidden_dim or (64 if point else 256)
+    args.gamma = args.gamma if args.gamma is not None else (0.9 if point else 0.99)
+    args.encoder_hidden_dim = args.encoder_hidden_dim or (64 if point else 256)
+    args.ensemble_hidden_dim = args.ensemble_hidden_dim or (64 if point else 256)
+    n_train_tasks = 2 if args.env == "cheetah-dir" else args.n_train
+    args.meta_batch_size = args.meta_batch_size if args.meta_batch_size is not None else n_train_tasks
+    args.negative_tasks = args.negative_tasks if args.negative_tasks is not None else (1 if args.env == "cheetah-dir" else 3)
+    args.one_shot_samples = args.one_shot_samples if args.one_shot_samples is not None else HORIZONS[args.env]
+    return args
+
+def mlp(in_dim, out_dim, hidden_dim, n_hidden):
+    layers, dim = [], in_dim
+    for _ in range(n_hidden):
+        layers += [nn.Linear(dim, hidden_dim), nn.ReLU()]
+        dim = hidden_dim
+    return nn.Sequential(*layers, nn.Linear(dim, out_dim))
+
+
+LOG_STD_MAX = 0
+LOG_STD_MIN = -20
+
+
+class Actor(nn.Module):
+    """tanh-Gaussian policy on [s, z]; TD3+BC trains its reparameterized sample and acts with tanh(mean)."""
+
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(obs_dim + latent_dim, 2 * act_dim, hidden_dim, 3)
+
+    def forward(self, obs, z):
+        mean, log_std = self.net(torch.cat([obs, z], -1)).chunk(2, -1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, obs, z):
+        mean, log_std = self(obs, z)
+        return torch.tanh(mean + log_std.exp() * torch.randn_like(mean))
+
+    def act(self, obs, z):
+        return torch.tanh(self(obs, z)[0])
+
+
+class QNetwork(nn.Module):
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim + latent_dim, 1, hidden_dim, 3)
+
+    def forward(self, obs, actions, z):
+        return self.net(torch.cat([obs, actions, z], -1))
+
+
+def transition_inputs(context: dict) -> torch.Tensor:
+    return torch.cat([context["observations"], context["actions"], context["rewards"], context["next_observations"]], -1)
+
+
+def masked_mean(codes, mask):
+    """Mean over the context dimension (-2) of the entries where mask is 1; zeros for an empty context."""
+    return (codes * mask).sum(-2) / mask.sum(-2).clamp(min=1)
+
+
+class Encoder(nn.Module):
+    """Per-transition code tanh(f(s, a, r, s')); a context's z is the mean of its codes."""
+
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(2 * obs_dim + act_dim + 1, latent_dim, hidden_dim, 3)
+
+    def forward(self, transitions):
+        return torch.tanh(self.net(transitions))
+
+
+class Decoder(nn.Module):
+    """GENTLE's decoder: (s, a, z) -> (r, s' - s), the reward and the change of the normalized state."""
+
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim + latent_dim, 1 + obs_dim, hidden_dim, 3)
+
+    def forward(self, obs, actions, z):
+        return self.net(torch.cat([obs, actions, z], -1))
+
+
+def dynamics_targets(transitions: dict) -> torch.Tensor:
+    """What the decoder and the dynamics models predict from (s, a): (r, s' - s)."""
+    return torch.cat([transitions["rewards"], transitions["next_observations"] - transitions["observations"]], -1)
+
+
+def tae_loss(decoder, context, z):
+    """GENTLE's task auto-encoder loss: the MSE, over a context's transitions and output dimensions, of (r, s' - s)
+    reconstructed from (s, a) and the task's mean code z (tasks, D)."""
+    z = z[:, None].expand(-1, context["observations"].shape[1], -1)
+    return F.mse_loss(decoder(context["observations"], context["actions"], z), dynamics_targets(context))
+
+
+class DynamicsEnsemble(nn.Module):
+    """ensemble_size deterministic Swish MLPs (s, a) -> (r, s' - s) per training task, held as one stack of weights
+    (tasks, members, in, out), so that all of them train and predict in the same batched matmuls."""
+
+    WEIGHT_DECAY = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5)  # per layer, from the input to the output
+
+    def __init__(self, n_tasks, obs_dim, act_dim, args, generator, device):
+        super().__init__()
+        dims = [obs_dim + act_dim, *[args.ensemble_hidden_dim] * 3, 1 + obs_dim]
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            bound = 1 / math.sqrt(d_in)  # nn.Linear's default, drawn from the ensembles' own generator
+            for params, shape in ((self.weights, (d_in, d_out)), (self.biases, (1, d_out))):
+                uniform = torch.rand(n_tasks, args.ensemble_size, *shape, generator=generator)
+                params.append(nn.Parameter(((2 * uniform - 1) * bound).to(device)))
+
+    def forward(self, x, model_idx=None):
+        """x (G, members, N, in) -> (G, members, N, out): row g through the models of task g, or of task model_idx[g]."""
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            if model_idx is not None:
+                weight, bias = weight[model_idx], bias[model_idx]
+            x = torch.matmul(x, weight) + bias
+            x = F.silu(x) if i < len(self.weights) - 1 else x
+        return x
+
+    def decay_loss(self):
+        """Per model (tasks, members): sum over layers of decay * ||W||^2 / 2."""
+        return sum(decay * 0.5 * (w**2).sum((-2, -1)) for decay, w in zip(self.WEIGHT_DECAY, self.weights))
+
+
+def fit_dynamics(ensemble, sampler, args, generator) -> tuple:
+    """GENTLE's dynamics pretraining, every task's ensemble at once: a task's transitions are split into a hold-out set
+    (ensemble_holdout, at most 1000) and a training set; each model trains on its own bootstrap resample of the training
+    set (MSE plus weight decay, Adam); after every epoch, each model keeps its weights of lowest hold-out MSE; a task's
+    ensemble stops when none of its models improved by more than 1% for ensemble_patience epochs (its best weights are
+    final from then on; the models are independent, so the others training on does not change them), and fitting stops
+    when every task's has. Returns ((tasks, members) hold-out MSE, epochs)."""
+    device = sampler.device
+    n_tasks, members, sizes = len(sampler.task_ids), args.ensemble_size, sampler.sizes.cpu()
+    inputs = torch.cat([sampler.observations, sampler.actions], -1)
+    targets = dynamics_targets(vars(sampler))
+    n_max = int(sizes.max())
+    padding = torch.arange(n_max)[None] >= sizes[:, None]
+    order = torch.argsort(torch.rand(n_tasks, n_max, generator=generator) + 2.0 * padding, 1)  # valid indices first
+    n_holdout = (sizes * args.ensemble_holdout).long().clamp(1, 1000)
+    n_train = sizes - n_holdout
+    holdout_idx = order[:, : int(n_holdout.max())]
+    holdout_mask = (torch.arange(holdout_idx.shape[1])[None] < n_holdout[:, None]).float().to(device)
+    length = int(n_train.max())
+    draws = (torch.rand(n_tasks, members, length, generator=generator) * n_train[:, None, None]).long()
+    bootstrap = order.gather(1, (n_holdout[:, None, None] + draws).flatten(1)).view(n_tasks, members, length).to(device)
+    rows = torch.arange(n_tasks, device=device)[:, None, None]
+    holdout_x = inputs[rows[:, :, 0], holdout_idx.to(device)][:, None].expand(-1, members, -1, -1)
+    holdout_y = targets[rows[:, :, 0], holdout_idx.to(device)][:, None]
+    optimizer = torch.optim.Adam(ensemble.parameters(), lr=args.ensemble_lr)
+    best_error = torch.full((n_tasks, members), float("inf"), device=device)
+    best = [p.detach().clone() for p in ensemble.parameters()]
+    stale, epoch = torch.zeros(n_tasks, dtype=torch.long, device=device), 0
+    while bool((stale < args.ensemble_patience).any()) and epoch < args.ensemble_max_epochs:
+        permutation = torch.argsort(torch.rand(n_tasks, members, length, generator=generator), -1).to(device)
+        for start in range(0, length, args.ensemble_batch_size):
+            idx = bootstrap.gather(2, permutation[..., start : start + args.ensemble_batch_size])
+            error = ((ensemble(inputs[rows, idx]) - targets[rows, idx]) ** 2).mean((-2, -1))
+            optimizer.zero_grad()
+            (error.sum() + ensemble.decay_loss().sum()).backward()
+            optimizer.step()
+        epoch += 1
+        with torch.no_grad():
+            error = ((ensemble(holdout_x) - holdout_y) ** 2).mean(-1)
+            error = (error * holdout_mask[:, None]).sum(-1) / holdout_mask.sum(-1)[:, None]
+            improved = (error < 0.99 * best_error) & (stale < args.ensemble_patience)[:, None]  # by more than 1%
+            best_error = torch.where(improved, error, best_error)
+            for kept, p in zip(best, ensemble.parameters()):
+                kept.copy_(torch.where(improved[:, :, None, None], p, kept))
+            stale = torch.where(improved.any(1), 0, stale + 1)
+    with torch.no_grad():
+        for kept, p in zip(best, ensemble.parameters()):
+            p.copy_(kept)
+    return best_error, epoch
+
+
+def load_or_fit_dynamics(sampler, obs_dim, act_dim, args, device) -> tuple:
+    """The ensembles of the training tasks, fitted once per dataset, task split and ensemble settings and kept in
+    dynamics_dir, so that the runs of a grid share one fit. Fitting draws only from its own generator (dynamics_seed):
+    a run's random stream is the same whether the ensembles were fitted or loaded."""
+    digest = hashlib.sha256()
+    for field in ("observations", "actions", "rewards", "next_observations"):
+        digest.update(getattr(sampler, field).cpu().numpy().tobytes())
+    settings = {k: v for k, v in asdict(args).items() if k.startswith("ensemble_") or k == "dynamics_seed"}
+    digest.update(repr((sampler.task_ids, sorted(settings.items()))).encode())
+    folder = args.dynamics_dir or os.path.join(args.data_dir, args.env, args.behavior, "dynamics")
+    path = os.path.join(folder, f"ensemble_{digest.hexdigest()[:16]}.pt")
+    generator = torch.Generator().manual_seed(args.dynamics_seed)
+    ensemble = DynamicsEnsemble(len(sampler.task_ids), obs_dim, act_dim, args, generator, device)
+    if os.path.exists(path):
+        try:
+            saved = torch.load(path, map_location=device, weights_only=False)
+            ensemble.load_state_dict(saved["ensemble"])
+        except Exception as e:
+            raise SystemExit(f"error: the dynamics ensembles in {path} cannot be read ({e}); remove the file to fit them "
+                             "again") from e
+        print(f"dynamics ensembles: loaded {path} (fitted in {saved['fit_time']:.0f} s)", flush=True)
+        return ensemble, saved
+    print(f"dynamics ensembles: fitting {len(sampler.task_ids)} x {args.ensemble_size} models", flush=True)
+    start = time.time()
+    holdout_error, epochs = fit_dynamics(ensemble, sampler, args, generator)
+    info = {"holdout_mse": holdout_error.cpu(), "epochs": epochs, "fit_time": time.time() - start}
+    os.makedirs(folder, exist_ok=True)
+    atomic_write(path, lambda p: torch.save({"ensemble": ensemble.state_dict(), **info}, p), suffix=".pt")
+    print(f"dynamics ensembles: {epochs} epochs in {info['fit_time']:.0f} s, hold-out MSE per task "
+          f"{holdout_error.mean(1).cpu().numpy().round(5).tolist()}; saved in {path}", flush=True)
+    return ensemble, info
+
+
+class GENTLE:
+    def __init__(self, obs_dim, act_dim, args: Args, device):
+        self.args = args
+        latent, hidden = args.latent_dim, args.hidden_dim
+        self.encoder = Encoder(obs_dim, act_dim, latent, args.encoder_hidden_dim).to(device)
+        self.decoder = Decoder(obs_dim, act_dim, latent, args.encoder_hidden_dim).to(device)
+        self.actor = Actor(obs_dim, act_dim, latent, hidden).to(device)
+        self.actor_target = Actor(obs_dim, act_dim, latent, hidden).to(device)
+        self.qf1 = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
+        self.qf2 = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
+        self.qf1_target = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
+        self.qf2_target = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
+        self.actor_target.load_state_dict(self.actor.state_dict())
+        self.qf1_target.load_state_dict(self.qf1.state_dict())
+        self.qf2_target.load_state_dict(self.qf2.state_dict())
+        self.encoder_optimizer = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=args.lr)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.lr)
+        self.q_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()], lr=args.lr)
+        self.total_it = 0
+        self.actor_log = {}  # the latest actor-step losses, logged on every step
+        self.ensemble = None  # the training tasks' dynamics ensembles, with --pseudo-transitions
+        self.pseudo = None  # the pseudo-transitions of the latest relabel: fields (tasks, size, dim) and sizes
+
+    def representation_loss(self, context, mask, task_idx) -> tuple:
+        """GENTLE's task auto-encoder: every context transition's (r, s' - s) reconstructed from its (s, a) and the
+        task's mean code; no contrastive term."""
+        codes = self.encoder(transition_inputs(context))
+        z = masked_mean(codes, mask)
+        recon_loss = tae_loss(self.decoder, context, z)
+        return self.args.recon_weight * recon_loss, z, {"losses/tae_loss": recon_loss}
+
+    def update(self, batch: dict, context: dict, mask: torch.Tensor, task_idx: torch.Tensor) -> dict:
+        args = self.args
+        representation_loss, z, log = self.representation_loss(context, mask, task_idx)
+        self.encoder_optimizer.zero_grad()
+        representation_loss.backward()
+        self.encoder_optimizer.step()
+        log["losses/representation_loss"] = representation_loss
+
+        # z is detached for every RL loss: the encoder learns only from its representation loss.
+        z = z.detach()[:, None].expand(-1, batch["observations"].shape[1], -1)
+        obs, actions, next_obs = batch["observations"], batch["actions"], batch["next_observations"]
+        with torch.no_grad():
+            noise = (torch.randn_like(actions) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip)
+            next_actions = (self.actor_target.act(next_obs, z) + noise).clamp(-1.0, 1.0)
+            min_qf_next = torch.min(self.qf1_target(next_obs, next_actions, z), self.qf2_target(next_obs, next_actions, z))
+            next_q_value = args.reward_scale * batch["rewards"] + (1 - batch["terminations"]) * args.gamma * min_qf_next
+        qf1_a_values, qf2_a_values = self.qf1(obs, actions, z), self.qf2(obs, actions, z)
+        qf1_loss, qf2_loss = F.mse_loss(qf1_a_values, next_q_value), F.mse_loss(qf2_a_values, next_q_value)
+        self.q_optimizer.zero_grad()
+        (qf1_loss + qf2_loss).backward()
+        self.q_optimizer.step()
+        log.update({"losses/qf1_loss": qf1_loss, "losses/qf2_loss": qf2_loss, "losses/qf1_values": qf1_a_values.mean()})
+
+        if self.total_it % args.policy_frequency == 0:
+            pi = self.actor.sample(obs, z)
+            min_qf_pi = torch.min(self.qf1(obs, pi, z), self.qf2(obs, pi, z))
+            lmbda = args.alpha / min_qf_pi.abs().mean().detach()
+            bc_loss = F.mse_loss(pi, actions)
+            actor_loss = -lmbda * min_qf_pi.mean() + bc_loss
+            self.actor_optimizer.zero_grad()
+            actor_loss.backward()
+            self.actor_optimizer.step()
+            with torch.no_grad():
+                for net, target in ((self.actor, self.actor_target), (self.qf1, self.qf1_target), (self.qf2, self.qf2_target)):
+                    for p, tp in zip(net.parameters(), target.parameters()):
+                        tp.lerp_(p, args.tau)
+            self.actor_log = {"losses/actor_loss": actor_loss.detach(), "losses/bc_loss": bc_loss.detach()}
+        self.total_it += 1
+        return {**{k: v.detach() for k, v in log.items()}, **self.actor_log}
+
+    @torch.no_grad()
+    def context_codes(self, transitions):
+        return self.encoder(transitions)
+
+    @torch.no_grad()
+    def relabel(self, sampler):
+        """GENTLE's make_relabel, every training task at once. For task i: relabel_states random offline states, z_i the
+        mean code of their transitions, actions tanh(mean) of the target actor under z_i; these (s, a) are labelled
+        (r, s' - s) by the mean of task i's ensemble and, as cross-task pseudo-transitions, by the ensembles of
+        negative_tasks other training tasks drawn without replacement. Each labelled set joins the buffer of the task
+        whose ensemble labelled it; the buffers replace the previous ones."""
+        n, device = self.args.relabel_states, sampler.device
+        n_tasks = len(sampler.task_ids)
+        negatives = min(self.args.negative_tasks, n_tasks - 1)
+        tasks = torch.arange(n_tasks, device=device)
+        real = sampler.sample(tasks, n)
+        z = self.context_codes(transition_inputs(real)).mean(1)
+        actions = self.actor_target.act(real["observations"], z[:, None].expand(-1, n, -1))
+        draw = torch.rand(n_tasks, n_tasks, device=device) + 2 * torch.eye(n_tasks, device=device)  # own task sorts last
+        labellers = torch.cat([tasks[:, None], draw.argsort(1)[:, :negatives]], 1).flatten()
+        source = tasks.repeat_interleave(1 + negatives)
+        obs, actions = real["observations"][source], actions[source]
+        prediction = self.ensemble(torch.cat([obs, actions], -1)[:, None], labellers).mean(1)
+        labelled = {"observations": obs, "actions": actions, "rewards": prediction[..., :1],
+                    "next_observations": obs + prediction[..., 1:]}
+        one_hot = F.one_hot(labellers, n_tasks)
+        rank = (one_hot.cumsum(0) * one_hot).sum(1) - 1  # the labelled set's slot in its labeller's buffer
+        sizes = one_hot.sum(0) * n
+        slots = rank[:, None] * n + torch.arange(n, device=device)
+        capacity = int(sizes.max())  # one host synchronization per relabel
+        self.pseudo = {"sizes": sizes, "labellers": labellers}
+        for key, value in labelled.items():
+            buffer = torch.zeros(n_tasks, capacity, value.shape[-1], device=device)
+            buffer[labellers[:, None], slots] = value
+            self.pseudo[key] = buffer
+
+    def sample_context(self, sampler, task_idx) -> tuple:
+        """A training context per task of task_idx: GENTLE's mix of context_size - int(pseudo_fraction * context_size)
+        real offline transitions and the rest drawn uniformly from the task's pseudo-transitions; without
+        pseudo-transitions, context_size real ones."""
+        args = self.args
+        if self.pseudo is None:
+            return sampler.sample_context(task_idx, args.context_size)
+        n_pseudo = int(args.pseudo_fraction * args.context_size)
+        real, _ = sampler.sample_context(task_idx, args.context_size - n_pseudo)
+        u = torch.rand(len(task_idx), n_pseudo, device=sampler.device)
+        index = (u * self.pseudo["sizes"][task_idx, None]).long()
+        context = {k: torch.cat([real[k], self.pseudo[k][task_idx[:, None], index]], 1) for k in real if k in self.pseudo}
+        return context, torch.ones(len(task_idx), args.context_size, 1, device=sampler.device)
+
+    NETWORKS = ("encoder", "decoder", "actor", "actor_target", "qf1", "qf2", "qf1_target", "qf2_target")
+    OPTIMIZERS = ("encoder_optimizer", "actor_optimizer", "q_optimizer")
+
+    def state_dict(self) -> dict:
+        state = {k: getattr(self, k).state_dict() for k in self.NETWORKS + self.OPTIMIZERS}
+        return {**state, "total_it": self.total_it}
+
+    def load_state_dict(self, state: dict):
+        for k in self.NETWORKS + self.OPTIMIZERS:
+            getattr(self, k).load_state_dict(state[k])
+        self.total_it = state["total_it"]
+
+
+@torch.no_grad()
+def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device) -> np.ndarray:
+    """Mean return per task over args.eval_episodes deterministic episodes, all tasks stepped in lockstep.
+
+    zero_shot: the context starts empty (z = 0) and every transition of the episode joins it as it happens;
+    few_shot: before each episode, args.few_shot_context offline transitions of the task join the context,
+    and z stays fixed during the episode. Episode k resets every env with seed args.seed + k."""
+    n, latent = len(envs), args.latent_dim
+    mean, std = torch.as_tensor(obs_mean, device=device), torch.as_tensor(obs_std, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    task_idx = torch.arange(n, device=device)
+    returns = np.zeros((n, args.eval_episodes))
+    code_sum, count = torch.zeros(n, latent, device=device), torch.zeros(n, 1, device=device)
+    for episode in range(args.eval_episodes):
+        obs = np.stack([env.reset(seed=args.seed + episode)[0] for env in envs])
+        if protocol == "zero_shot":
+            code_sum.zero_(), count.zero_()
+        else:
+            context, _ = sampler.sample_context(task_idx, args.few_shot_context, generator=generator)
+            code_sum += agent.context_codes(transition_inputs(context)).sum(1)
+            count += args.few_shot_context
+        active = np.ones(n, dtype=bool)
+        while active.any():
+            obs_t = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
+            z = code_sum / count.clamp(min=1)
+            actions = agent.actor.act(obs_t, z).cpu().numpy()
+            next_obs, rewards, stepped = obs.copy(), np.zeros(n, dtype=np.float32), active.copy()
+            for j in np.flatnonzero(stepped):
+                next_obs[j], rewards[j], terminated, truncated, _ = envs[j].step(actions[j])
+                returns[j, episode] += rewards[j]
+                active[j] = not (terminated or truncated)
+            if protocol == "zero_shot":
+                transition = {
+                    "observations": obs_t,
+                    "actions": torch.as_tensor(actions, device=device),
+                    "rewards": torch.as_tensor(rewards, device=device)[:, None],
+                    "next_observations": (torch.as_tensor(next_obs, dtype=torch.float32, device=device) - mean) / std,
+                }
+                stepped_t = torch.as_tensor(stepped, dtype=torch.float32, device=device)[:, None]
+                code_sum += agent.context_codes(transition_inputs(transition)) * stepped_t
+                count += stepped_t
+            obs = next_obs
+    return returns.mean(1)
+
+
+@torch.no_grad()
+def evaluate_one_shot(agent, envs, args, obs_mean, obs_std, device) -> np.ndarray:
+    """GENTLE's one-shot protocol, per task the mean return of its scored episodes, averaged over args.eval_episodes runs;
+    all tasks stepped in lockstep.
+
+    A run first collects args.one_shot_samples transitions with the stochastic policy under z = 0 (an env that ends an
+    episode is reset and goes on). Then, until args.one_shot_steps scored steps, each deterministic scored episode is
+    preceded by args.one_shot_samples transitions resampled with replacement from that collection, appended to a growing
+    context from which z is inferred. Run k resets every env with seed args.seed + k; the policy noise and the resampling
+    come from a generator seeded with args.seed."""
+    n, samples = len(envs), args.one_shot_samples
+    mean, std = torch.as_tensor(obs_mean, device=device), torch.as_tensor(obs_std, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    returns = np.zeros((n, args.eval_episodes))
+    for run in range(args.eval_episodes):
+        obs = np.stack([env.reset(seed=args.seed + run)[0] for env in envs])
+        collected = torch.zeros(n, samples, args.latent_dim, device=device)  # the codes of the collected transitions
+        z = torch.zeros(n, args.latent_dim, device=device)
+        for t in range(samples):
+            obs_t = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
+            action_mean, log_std = agent.actor(obs_t, z)
+            noise = torch.randn(action_mean.shape, generator=generator, device=device)
+            actions = torch.tanh(action_mean + log_std.exp() * noise).cpu().numpy()
+            next_obs, rewards, ended = obs.copy(), np.zeros(n, dtype=np.float32), np.zeros(n, dtype=bool)
+            for j, env in enumerate(envs):
+                next_obs[j], rewards[j], terminated, truncated, _ = env.step(actions[j])
+                ended[j] = terminated or truncated
+            transition = {
+                "observations": obs_t,
+                "actions": torch.as_tensor(actions, device=device),
+                "rewards": torch.as_tensor(rewards, device=device)[:, None],
+                "next_observations": (torch.as_tensor(next_obs, dtype=torch.float32, device=device) - mean) / std,
+            }
+            collected[:, t] = agent.context_codes(transition_inputs(transition))
+            obs = next_obs
+            for j in np.flatnonzero(ended):  # the collection goes on in a new episode
+                obs[j] = envs[j].reset()[0]
+        code_sum, count = torch.zeros(n, args.latent_dim, device=device), 0
+        scored, episode_returns = np.zeros(n, dtype=np.int64), [[] for _ in range(n)]
+        while (scored < args.one_shot_steps).any():
+            index = torch.randint(samples, (n, samples), generator=generator, device=device)
+            code_sum += collected.gather(1, index[..., None].expand(-1, -1, args.latent_dim)).sum(1)
+            count += samples
+            z = code_sum / count
+            active = scored < args.one_shot_steps
+            episode_return = np.zeros(n)
+            for j in np.flatnonzero(active):
+                obs[j] = envs[j].reset()[0]
+            while active.any():
+                obs_t = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
+                actions = agent.actor.act(obs_t, z).cpu().numpy()
+                for j in np.flatnonzero(active):
+                    obs[j], reward, terminated, truncated, _ = envs[j].step(actions[j])
+                    episode_return[j] += reward
+                    scored[j] += 1
+                    if terminated or truncated:
+                        active[j] = False
+                        episode_returns[j].append(episode_return[j])
+        returns[:, run] = [np.mean(r) for r in episode_returns]
+    return returns.mean(1)
+
+
+def load_checkpoint(path: str, args: Args) -> dict:
+    if not os.path.exists(path):
+        raise SystemExit(f"error: checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if checkpoint.get("algorithm") != ALGORITHM:
+        found = checkpoint.get("algorithm")
+        raise SystemExit(f"error: {path} is a checkpoint of {found!r}, not of {ALGORITHM}; use its own script")
+    trained_env = checkpoint["args"]["env"]
+    if trained_env != args.env:
+        raise SystemExit(f"error: {path} was trained on {trained_env}, not {args.env}; pass --env {trained_env}")
+    return checkpoint
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    if args.env not in ENV_NAMES:
+        raise SystemExit(f"error: unknown env {args.env!r}; valid names are: {', '.join(ENV_NAMES)}")
+    if args.eval_only and args.checkpoint is None:
+        raise SystemExit("error: --eval-only needs --checkpoint PATH")
+    checkpoint = load_checkpoint(args.checkpoint, args) if args.checkpoint else None
+    if checkpoint:  # the saved run's arguments define the networks and the task set; eval and run options stay
+        keep = ("checkpoint", "eval_only", "device", "exp_name", "total_steps", "eval_every", "log_every", "save_model",
+                "data_dir")
+        args = Args(**{**checkpoint["args"], **{k: getattr(args, k) for k in keep}})
+    args = apply_env_defaults(args)
+    train_ids, test_ids = train_test_split(args.env, args.n_tasks, args.n_train)
+    if not 1 <= args.meta_batch_size <= len(train_ids):
+        raise SystemExit(f"error: --meta-batch-size {args.meta_batch_size}: GENTLE draws the meta-batch's tasks without "
+                         f"replacement, so it takes 1 to {len(train_ids)} (the number of training tasks)")
+    try:
+        task_ids = sorted(set(train_ids + test_ids))
+        dataset = load_dataset(args.env, args.behavior, args.data_dir, task_ids, args.n_tasks, args.task_seed)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    interrupted = checkpoint is not None and not args.eval_only and checkpoint["step"] < checkpoint["args"]["total_steps"]
+    if interrupted:  # the run goes on in its own folder; a finished run trained further gets a new one
+        run_dir = os.path.dirname(os.path.abspath(args.checkpoint))
+    else:
+        run_name = f"{args.env}__{args.exp_name}{'_eval' if args.eval_only else ''}__{args.seed}__{int(time.time())}"
+        run_dir = os.path.join("runs", run_name)
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    atomic_write_json(os.path.join(run_dir, "args.json"), asdict(args))
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = torch.device(device_name)
+
+    obs_mean, obs_std = normalization_stats(dataset, train_ids)
+    if checkpoint:
+        obs_mean, obs_std = checkpoint["obs_mean"], checkpoint["obs_std"]
+    train_sampler = TaskBatchSampler(dataset, train_ids, obs_mean, obs_std, device)
+    test_sampler = TaskBatchSampler(dataset, test_ids, obs_mean, obs_std, device)
+    agent = GENTLE(dataset.obs_dim, dataset.act_dim, args, device)
+    start_step = 0
+    if checkpoint:
+        agent.load_state_dict(checkpoint["agent"])
+        start_step = checkpoint["step"]
+        torch.set_rng_state(checkpoint["rng_state"])
+    if args.pseudo_transitions and not args.eval_only:
+        agent.ensemble, dynamics = load_or_fit_dynamics(train_sampler, dataset.obs_dim, dataset.act_dim, args, device)
+        writer.add_scalar("dynamics/holdout_mse", float(dynamics["holdout_mse"].mean()), 0)
+        writer.add_scalar("dynamics/fit_time", dynamics["fit_time"], 0)
+    eval_envs = {
+        "train": [make_env(args.env, i, args.n_tasks, args.task_seed) for i in train_ids],
+        "test": [make_env(args.env, i, args.n_tasks, args.task_seed) for i in test_ids],
+    }
+    task_sets = {"train": (train_ids, train_sampler), "test": (test_ids, test_sampler)}
+
+    def run_evaluation(step: int) -> dict:
+        results = {"algorithm": ALGORITHM, "env": args.env, "seed": args.seed, "step": step, "total_steps": args.total_steps}
+        for protocol in ("zero_shot", "few_shot", "one_shot"):
+            results[protocol] = {}
+            for name, (ids, sampler) in task_sets.items():
+                if protocol == "one_shot":
+                    returns = evaluate_one_shot(agent, eval_envs[name], args, obs_mean, obs_std, device)
+                else:
+                    returns = evaluate(agent, eval_envs[name], sampler, protocol, args, obs_mean, obs_std, device)
+                per_task = {str(i): float(r) for i, r in zip(ids, returns)}
+                results[protocol][name] = {"mean": float(returns.mean()), "per_task": per_task}
+                writer.add_scalar(f"eval/{protocol}/{name}_return", returns.mean(), step)
+        zero_shot, few_shot, one_shot = results["zero_shot"], results["few_shot"], results["one_shot"]
+        print(
+            f"step {step}: zero-shot train {zero_shot['train']['mean']:.2f} test {zero_shot['test']['mean']:.2f}"
+            f" | few-shot train {few_shot['train']['mean']:.2f} test {few_shot['test']['mean']:.2f}"
+            f" | one-shot train {one_shot['train']['mean']:.2f} test {one_shot['test']['mean']:.2f}",
+            flush=True,
+        )
+        return results
+
+    if args.eval_only:
+        results = run_evaluation(checkpoint["step"])  # total_steps: the budget of the run that saved the checkpoint
+        results.update(total_steps=checkpoint["args"]["total_steps"], checkpoint=args.checkpoint)
+        atomic_write_json(os.path.join(run_dir, "results.json"), results)
+        writer.close()
+        raise SystemExit(0)
+
+    n_transitions = sum(len(dataset.tasks[i]["rewards"]) for i in train_ids)
+    print(
+        f"{ALGORITHM} on {args.env}: {len(train_ids)} training tasks ({n_transitions:,} transitions of {args.behavior} data), "
+        f"{len(test_ids)} test tasks, {args.total_steps - start_step:,} gradient steps on {device}; logs in {run_dir}",
+        flush=True,
+    )
+    start_time, last_log = time.time(), start_step
+    earlier_wall_time = checkpoint.get("wall_time", 0.0) if checkpoint else 0.0
+    for global_step in range(start_step, args.total_steps):
+        if agent.ensemble is not None and (global_step % args.relabel_every == 0 or global_step == start_step):
+            agent.relabel(train_sampler)
+        task_idx = torch.randperm(len(train_ids), device=device)[: args.meta_batch_size]
+        batch = train_sampler.sample(task_idx, args.batch_size)
+        context, mask = agent.sample_context(train_sampler, task_idx)
+        log = agent.update(batch, context, mask, task_idx)
+        step = global_step + 1
+        if step % args.log_every == 0 or step == args.total_steps:
+            values = {k: v.item() for k, v in log.items()}
+            bad = [k for k, v in values.items() if not np.isfinite(v)]
+            if bad:
+                raise SystemExit(
+                    f"error: {', '.join(bad)} became non-finite between steps {last_log} and {step}; the run stops here "
+                    f"(the last checkpoint, of an earlier evaluation, is kept in {run_dir})"
+                )
+            for k, v in values.items():
+                writer.add_scalar(k, v, step)
+            sps = (step - start_step) / (time.time() - start_time)
+            writer.add_scalar("charts/SPS", sps, step)
+            eta = time.strftime("%H:%M:%S", time.gmtime((args.total_steps - step) / sps))
+            print(f"step {step}/{args.total_steps} | {sps:,.0f} updates/s | ETA {eta}", flush=True)
+            last_log = step
+        if step % args.eval_every == 0 or step == args.total_steps:
+            results = run_evaluation(step)
+            results["wall_time"] = earlier_wall_time + time.time() - start_time  # of the whole run, resumed or not
+            results["updates_per_second"] = (step - start_step) / (time.time() - start_time)
+            print(f"step {step}: {results['updates_per_second']:,.0f} updates/s", flush=True)
+            if args.save_model:
+                state = {
+                    "algorithm": ALGORITHM,
+                    "args": asdict(args),
+                    "step": step,
+                    "agent": agent.state_dict(),
+                    "obs_mean": obs_mean,
+                    "obs_std": obs_std,
+                    "rng_state": torch.get_rng_state(),
+                    "wall_time": results["wall_time"],
+                }
+                atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda p: torch.save(state, p), suffix=".pt")
+            atomic_write_json(os.path.join(run_dir, "results.json"), results)
+    writer.close()
