@@ -468,6 +468,14 @@ def curves(env: str, cells: dict, out_dir: str) -> list:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     written = []
+
+    def save(fig, name):
+        path = os.path.join(out_dir, name)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
     for protocol in reported_protocols(env, cells):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
         for ax, task_set in zip(axes, ("train", "test")):
@@ -492,11 +500,7 @@ def curves(env: str, cells: dict, out_dir: str) -> list:
             ax.set_ylabel("return")
             if ax.lines:  # no curves when every run of the env is an evaluation of a final checkpoint
                 ax.legend(fontsize=8)
-        path = os.path.join(out_dir, f"{env}_{protocol}.png")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        save(fig, f"{env}_{protocol}.png")
         by_episode = {exp: [r[protocol]["by_episode"] for _, r in cells[(env, exp)].values()
                             if "by_episode" in r.get(protocol, {})] for v, exp in cells if v == env}
         if any(by_episode.values()):  # the return of each scored episode of the online phase, at the last checkpoint
@@ -512,11 +516,7 @@ def curves(env: str, cells: dict, out_dir: str) -> list:
                 ax.set_xlabel("scored episode")
                 ax.set_ylabel("return")
                 ax.legend(fontsize=8)
-            path = os.path.join(out_dir, f"{env}_{protocol}_by_episode.png")
-            fig.tight_layout()
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
-            written.append(path)
+            save(fig, f"{env}_{protocol}_by_episode.png")
     return written
 
 
