@@ -87,10 +87,19 @@ class Args:
     """flow: size of the shared (s, z) embedding that conditions every coupling"""
     bc_weight: float = 1.0
     """weight of the BC term: the negative log-likelihood of the dataset action (flow) or the MSE to it (--no-flow)"""
-    q_latent: Literal["sample", "zero"] = "sample"
-    """flow: the latent x of the actor's Q term, x ~ N(0, I) or x = 0"""
+    bc_nll_reduction: Literal["sum", "mean"] = "sum"
+    """flow: the dataset action's NLL summed over action dimensions (the action's log-density) or averaged over them"""
+    nll_clamp: float = 1e-5
+    """flow: dataset actions are clamped to [-1 + nll_clamp, 1 - nll_clamp] before the atanh of their NLL"""
+    q_latent: Literal["sample", "zero", "both"] = "sample"
+    """flow: the latent x of the actor's Q term, x ~ N(0, I), x = 0, or both (the mean of the two Q terms)"""
     target_latent: Literal["zero", "sample"] = "zero"
     """flow: critic target action tanh(f_target(0)) plus TD3's clipped noise, or tanh(f_target(x)) with x ~ N(0, I)"""
+    act: Literal["zero", "sample", "best-of-n"] = "zero"
+    """evaluation action, also with --checkpoint: the base latent x = 0; x ~ N(0, I) (seeded); or of x = 0 and
+    --act-samples draws the one with the highest min(Q1, Q2) (the Gaussian actor: tanh(mean + std x) likewise)"""
+    act_samples: int = 10
+    """--act best-of-n: latent draws besides x = 0"""
     lr: float = 3e-4
     """learning rate of actor, critics, encoder and decoder"""
     gamma: Optional[float] = None
@@ -217,7 +226,7 @@ class AffineCoupling(nn.Module):
 
 class FlowActor(nn.Module):
     """a = tanh(f(x; s, z)), x ~ N(0, I): K blocks of invertible linear + affine coupling conditioned on a shared (s, z)
-    embedding; log pi(a) = log N(x) + log|det df^-1/du| - sum log(1 - a^2 + 1e-6). Acts with tanh(f(0; s, z))."""
+    embedding; log pi(a) = log N(x) + log|det df^-1/du| - sum log(1 - a^2 + 1e-6). act: tanh(f(0; s, z))."""
 
     def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim, n_blocks, embedding_dim):
         super().__init__()
@@ -252,9 +261,13 @@ class FlowActor(nn.Module):
         c = self.embedding(torch.cat([obs, z], -1))
         return torch.tanh(self.transform(torch.zeros(*c.shape[:-1], self.act_dim, device=c.device), c)[0])
 
-    def log_prob(self, obs, z, actions):
+    def action(self, obs, z, x):
+        """tanh(f(x; s, z)) for a given base latent x."""
+        return torch.tanh(self.transform(x, self.embedding(torch.cat([obs, z], -1)))[0])
+
+    def log_prob(self, obs, z, actions, clamp=1e-5):
         c = self.embedding(torch.cat([obs, z], -1))
-        actions = actions.clamp(-1 + 1e-5, 1 - 1e-5)
+        actions = actions.clamp(-1 + clamp, 1 - clamp)
         x, log_det = self.inverse(torch.atanh(actions), c)
         log_base = -0.5 * (x**2).sum(-1) - 0.5 * self.act_dim * math.log(2 * math.pi)
         return log_base + log_det - torch.log(1 - actions**2 + 1e-6).sum(-1)
@@ -355,7 +368,7 @@ def focal_distance_loss(z, task_idx):
 
 class MetaNF:
     def __init__(self, obs_dim, act_dim, args: Args, device):
-        self.args = args
+        self.args, self.act_dim = args, act_dim
         latent, hidden = args.latent_dim, args.hidden_dim
         self.encoder = Encoder(obs_dim, act_dim, latent, args.encoder_hidden_dim).to(device)
         self.decoder = Decoder(obs_dim, act_dim, latent, args.encoder_hidden_dim).to(device)
@@ -415,8 +428,15 @@ class MetaNF:
         if self.total_it % args.policy_frequency == 0:
             pi = self.actor.act(obs, z) if args.flow and args.q_latent == "zero" else self.actor.sample(obs, z)
             min_qf_pi = torch.min(self.qf1(obs, pi, z), self.qf2(obs, pi, z))
+            if args.flow and args.q_latent == "both":  # the sampled actions' and the acting action's Q, averaged
+                pi_zero = self.actor.act(obs, z)
+                min_qf_pi = (min_qf_pi + torch.min(self.qf1(obs, pi_zero, z), self.qf2(obs, pi_zero, z))) / 2
             lmbda = args.alpha / min_qf_pi.abs().mean().detach()
-            bc_loss = -self.actor.log_prob(obs, z, actions).mean() if args.flow else F.mse_loss(pi, actions)
+            if args.flow:
+                nll = -self.actor.log_prob(obs, z, actions, args.nll_clamp)
+                bc_loss = nll.mean() / (self.act_dim if args.bc_nll_reduction == "mean" else 1)
+            else:
+                bc_loss = F.mse_loss(pi, actions)
             actor_loss = -lmbda * min_qf_pi.mean() + args.bc_weight * bc_loss
             self.actor_optimizer.zero_grad()
             actor_loss.backward()
@@ -439,6 +459,30 @@ class MetaNF:
     def state_dict(self) -> dict:
         state = {k: getattr(self, k).state_dict() for k in self.NETWORKS + self.OPTIMIZERS}
         return {**state, "total_it": self.total_it}
+
+    @torch.no_grad()
+    def policy_action(self, obs, z, x):
+        """The action of base latent x: tanh(f(x; s, z)) for the flow, tanh(mean + std x) for the Gaussian actor."""
+        if self.args.flow:
+            return self.actor.action(obs, z, x)
+        mean, log_std = self.actor(obs, z)
+        return torch.tanh(mean + log_std.exp() * x)
+
+    @torch.no_grad()
+    def evaluation_action(self, obs, z, generator):
+        """The action of --act for a batch of states (n, obs_dim): x = 0; x ~ N(0, I) from generator; or, of x = 0 and
+        --act-samples draws, the action of highest min(Q1, Q2)(s, a, z), x = 0 on ties."""
+        args, n = self.args, obs.shape[0]
+        if args.act == "zero":
+            return self.actor.act(obs, z)
+        if args.act == "sample":
+            return self.policy_action(obs, z, torch.randn(n, self.act_dim, generator=generator, device=obs.device))
+        draws = torch.randn(args.act_samples, n, self.act_dim, generator=generator, device=obs.device)
+        x = torch.cat([torch.zeros_like(draws[:1]), draws])
+        obs, z = obs.expand(len(x), -1, -1), z.expand(len(x), -1, -1)
+        actions = self.policy_action(obs, z, x)
+        best = torch.min(self.qf1(obs, actions, z), self.qf2(obs, actions, z)).argmax(0)  # (n, 1), first maximum
+        return actions.gather(0, best[None].expand(1, -1, self.act_dim))[0]
 
     def load_state_dict(self, state: dict):
         for k in self.NETWORKS + self.OPTIMIZERS:
@@ -482,7 +526,7 @@ class RepresentationSelector:
 
 @torch.no_grad()
 def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device) -> np.ndarray:
-    """Mean return per task over args.eval_episodes deterministic episodes, all tasks stepped in lockstep.
+    """Mean return per task over args.eval_episodes episodes acting by args.act, all tasks stepped in lockstep.
 
     zero_shot: the context starts empty (z = 0) and every transition of the episode joins it as it happens; z is
     the selected code (args.selection) or the mean code; few_shot: before each episode, args.few_shot_context
@@ -491,6 +535,7 @@ def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device) ->
     n, latent = len(envs), args.latent_dim
     mean, std = torch.as_tensor(obs_mean, device=device), torch.as_tensor(obs_std, device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
+    action_generator = torch.Generator(device=device).manual_seed(args.seed)  # its own: contexts stay the same
     task_idx = torch.arange(n, device=device)
     returns = np.zeros((n, args.eval_episodes))
     code_sum, count = torch.zeros(n, latent, device=device), torch.zeros(n, 1, device=device)
@@ -511,7 +556,7 @@ def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device) ->
         while active.any():
             obs_t = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
             z = selector.z if selector else code_sum / count.clamp(min=1)
-            actions = agent.actor.act(obs_t, z).cpu().numpy()
+            actions = agent.evaluation_action(obs_t, z, action_generator).cpu().numpy()
             next_obs, rewards, stepped = obs.copy(), np.zeros(n, dtype=np.float32), active.copy()
             for j in np.flatnonzero(stepped):
                 next_obs[j], rewards[j], terminated, truncated, _ = envs[j].step(actions[j])
@@ -556,7 +601,7 @@ if __name__ == "__main__":
     checkpoint = load_checkpoint(args.checkpoint, args) if args.checkpoint else None
     if checkpoint:  # the saved run's arguments define the networks and the task set; eval and run options stay
         keep = ("checkpoint", "eval_only", "device", "exp_name", "total_steps", "eval_every", "log_every", "save_model",
-                "data_dir", "selection")
+                "data_dir", "selection", "act", "act_samples")
         args = Args(**{**checkpoint["args"], **{k: getattr(args, k) for k in keep}})
     args = apply_env_defaults(args)
     train_ids, test_ids = train_test_split(args.env, args.n_tasks, args.n_train)

@@ -143,6 +143,23 @@ def test_metanf_selection_is_chosen_at_evaluation(trained, data_dir, tmp_path):
     assert mean_code["zero_shot"] != saved["zero_shot"]
 
 
+def test_metanf_acting_rule_is_chosen_at_evaluation_and_sampling_is_reproducible(trained, data_dir, tmp_path):
+    _, run_dir = trained["metanf"]
+    results = {}
+    for i, act in enumerate(("sample", "sample", "best-of-n")):
+        cwd = tmp_path / str(i)
+        cwd.mkdir()
+        run("metanf", cwd, "--env", "point-robot", "--data-dir", data_dir, "--eval-only", "--act", act,
+            "--checkpoint", os.path.join(run_dir, "checkpoint.pt"))
+        (eval_dir,) = glob.glob(str(cwd / "runs" / "point-robot__metanf_eval__0__*"))
+        results[i] = load_results(eval_dir)
+        with open(os.path.join(eval_dir, "args.json")) as f:
+            assert json.load(f)["act"] == act
+    saved = load_results(run_dir)
+    assert results[0]["zero_shot"] == results[1]["zero_shot"] != saved["zero_shot"]
+    assert results[2]["few_shot"] != saved["few_shot"]
+
+
 def test_zero_shot_diagnosis_replays_the_logged_evaluation(trained, tmp_path):
     cwd, run_dir = trained["metanf"]
     script = os.path.join(ROOT, "results", "200k", "diagnose_zero_shot.py")

@@ -155,3 +155,81 @@ def test_defaults_fill_per_env_values():
     args = metanf.apply_env_defaults(metanf.Args(env="point-robot"))
     assert (args.latent_dim, args.hidden_dim, args.beta, args.gamma, args.context_size) == (5, 64, 1.0, 0.9, 20)
     assert np.isclose(metanf.apply_env_defaults(metanf.Args(env="cheetah-vel", beta=0.0)).beta, 0.0)
+
+
+def make_agent(flow=True, **overrides):
+    args = metanf.apply_env_defaults(metanf.Args(env="point-robot", flow=flow, **overrides))
+    torch.manual_seed(0)
+    agent = metanf.MetaNF(obs_dim=2, act_dim=2, args=args, device="cpu")
+    with torch.no_grad():  # a non-trivial flow (unsaturated actions) and critics
+        for scale, net in ((0.05, agent.actor), (0.3, agent.qf1), (0.3, agent.qf2)):
+            for p in net.parameters():
+                p.add_(scale * torch.randn_like(p))
+    return agent
+
+
+@pytest.mark.parametrize("flow", [True, False])
+def test_sampled_evaluation_actions_are_seeded_and_reproducible(flow):
+    agent = make_agent(flow, act="sample")
+    obs, z = torch.randn(6, 2), torch.randn(6, 5)
+    first = agent.evaluation_action(obs, z, torch.Generator().manual_seed(3))
+    again = agent.evaluation_action(obs, z, torch.Generator().manual_seed(3))
+    other = agent.evaluation_action(obs, z, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first, other) and not torch.allclose(first, agent.actor.act(obs, z))
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(first, agent.policy_action(obs, z, x))  # the action of the generator's latent
+    agent.args.act = "zero"
+    torch.testing.assert_close(agent.evaluation_action(obs, z, None), agent.policy_action(obs, z, torch.zeros(6, 2)))
+
+
+@pytest.mark.parametrize("flow", [True, False])
+def test_best_of_n_never_picks_a_lower_q_than_the_zero_latent(flow):
+    agent = make_agent(flow, act="best-of-n", act_samples=8)
+    obs, z = torch.randn(200, 2), torch.randn(200, 5)
+    chosen = agent.evaluation_action(obs, z, torch.Generator().manual_seed(0))
+    zero = agent.actor.act(obs, z)
+
+    def min_q(actions):
+        return torch.min(agent.qf1(obs, actions, z), agent.qf2(obs, actions, z))
+
+    with torch.no_grad():
+        assert (min_q(chosen) >= min_q(zero) - 1e-6).all()
+        assert (min_q(chosen) > min_q(zero) + 1e-6).any()  # and it does improve somewhere
+        draws = torch.randn(8, 200, 2, generator=torch.Generator().manual_seed(0))
+        best_draw = torch.stack([min_q(agent.policy_action(obs, z, x)) for x in draws]).max(0).values
+        torch.testing.assert_close(min_q(chosen), torch.maximum(best_draw, min_q(zero)))
+
+
+def test_nll_mean_is_the_sum_divided_by_the_action_size():
+    torch.manual_seed(0)
+    batch = {"observations": torch.randn(3, 8, 2), "actions": torch.rand(3, 8, 2) * 2 - 1, "rewards": torch.randn(3, 8, 1),
+             "next_observations": torch.randn(3, 8, 2), "terminations": torch.zeros(3, 8, 1)}
+    context, mask, task_idx = dict(batch), torch.ones(3, 8, 1), torch.arange(3)
+    logs = {}
+    for reduction in ("sum", "mean"):
+        agent = make_agent(bc_nll_reduction=reduction)
+        torch.manual_seed(1)
+        logs[reduction] = agent.update(batch, context, mask, task_idx)["losses/bc_loss"].item()
+    assert logs["mean"] == pytest.approx(logs["sum"] / 2, rel=1e-6)
+
+
+def test_q_latent_both_averages_the_sampled_and_the_acting_actions():
+    obs, actions = torch.randn(3, 8, 2), torch.rand(3, 8, 2) * 2 - 1
+    batch = {"observations": obs, "actions": actions, "rewards": torch.randn(3, 8, 1), "next_observations": obs,
+             "terminations": torch.zeros(3, 8, 1)}
+    actors = {}
+    for q_latent in ("sample", "zero", "both"):
+        agent = make_agent(q_latent=q_latent, bc_weight=0.0)
+        torch.manual_seed(1)
+        agent.update(batch, dict(batch), torch.ones(3, 8, 1), torch.arange(3))
+        actors[q_latent] = torch.cat([p.flatten() for p in agent.actor.parameters()])
+    # one actor step from the same networks and draws: the Q term of "both" moves the actor differently from either alone
+    assert not torch.allclose(actors["both"], actors["sample"]) and not torch.allclose(actors["both"], actors["zero"])
+
+
+def test_nll_clamp_bounds_the_tanh_term_of_saturated_dataset_actions():
+    flow = make_flow(2).float()
+    obs, z, saturated = torch.zeros(1, 2), torch.zeros(1, 1), torch.ones(1, 2)
+    tight, loose = flow.log_prob(obs, z, saturated, 1e-5), flow.log_prob(obs, z, saturated, 1e-2)
+    assert torch.isfinite(tight).all() and (tight.abs() > loose.abs()).all()
