@@ -116,6 +116,9 @@ class Run:
     """seeds"""
     extra: str = ""
     """arguments appended to every command, written with '=': --extra='--total-steps 50000 --device cuda'"""
+    exp_suffix: str = ""
+    """appended to every experiment name, e.g. '-dev7' for runs on another task set (--extra='--task-seed 7 ...'), so that
+    they are never taken for, resumed as or reported with the runs of the default task set"""
     eval_of: Optional[str] = None
     """evaluate instead of train: each cell runs --eval-only on the final checkpoint of this experiment's run of the same
     env and seed, e.g. --algos 'metanf --no-selection' --eval-of metanf"""
@@ -208,8 +211,9 @@ def grid(args: Run) -> list:
         for env in args.envs:
             for seed in args.seeds:
                 command = [sys.executable, os.path.relpath(path), "--env", env, "--seed", str(seed)]
-                command += ["--exp-name", exp_name(spec)] + flags + shlex.split(args.extra)
-                cell = {"env": env, "exp_name": exp_name(spec), "seed": seed, "argv": command}
+                name = exp_name(spec) + args.exp_suffix
+                command += ["--exp-name", name] + flags + shlex.split(args.extra)
+                cell = {"env": env, "exp_name": name, "seed": seed, "argv": command}
                 if args.eval_of:
                     cell["exp_name"] += "_eval"
                     source = finished(args.runs_dir, {"env": env, "exp_name": args.eval_of, "seed": seed, "argv": command})

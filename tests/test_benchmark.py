@@ -43,6 +43,20 @@ def test_grid_expansion_and_exp_names(monkeypatch):
         benchmark.grid(benchmark.Run(algos=["dqn"]))
 
 
+def test_exp_suffix_keeps_another_task_sets_runs_apart(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    runs = str(tmp_path)
+    write_run(runs, "point-robot", "metanf", 0, 5, -10.0, -15.0, total=20000, step=20000)  # the default task set's run
+    args = benchmark.Run(algos=["metanf"], seeds=[0], exp_suffix="-dev7", runs_dir=runs,
+                         extra="--task-seed 7 --total-steps 20000")
+    (cell,) = benchmark.grid(args)
+    assert cell["exp_name"] == "metanf-dev7" and cell["argv"][cell["argv"].index("--exp-name") + 1] == "metanf-dev7"
+    assert benchmark.finished(runs, cell) is None  # not taken for the default task set's finished run
+    (evaluation,) = benchmark.grid(benchmark.Run(algos=["metanf --act sample"], seeds=[0], exp_suffix="-dev7",
+                                                 runs_dir=runs, eval_of="metanf-dev7", extra="--total-steps 20000"))
+    assert evaluation["exp_name"] == "metanf-act-sample-dev7_eval" and evaluation["argv"] is None  # nothing to evaluate yet
+
+
 def test_eval_of_evaluates_the_newest_final_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     runs = str(tmp_path)
