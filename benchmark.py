@@ -150,8 +150,10 @@ class Report:
 
     runs_dir: str = "runs"
     """folder holding the runs' folders"""
-    out_dir: str = "results"
-    """where the markdown tables and plots go"""
+    out_dir: Optional[str] = None
+    """where the markdown tables and plots go (if unset: {runs_dir}/report; the committed pages are under results/)"""
+    force: bool = False
+    """overwrite a page whose inputs (columns, seeds per column, budgets, data) differ from the new one's"""
     envs: Optional[List[str]] = None
     """envs to report (if unset: every env found)"""
     exps: Optional[List[str]] = None
@@ -533,15 +535,53 @@ def report(args: Report):
         budget = f" trained for {args.total_steps:,} steps" if args.total_steps is not None else ""
         raise SystemExit(f"error: no finished runs{budget} in {args.runs_dir} "
                          "(a finished run's results.json has step == total_steps)")
-    os.makedirs(args.out_dir, exist_ok=True)
+    out_dir = args.out_dir if args.out_dir is not None else os.path.join(args.runs_dir, "report")
+    os.makedirs(out_dir, exist_ok=True)
     for env in envs:
-        text = env_report(env, cells, args.command, args.paper)
+        page = os.path.join(out_dir, f"{env}.md")
+        inputs = report_inputs(env, cells)
+        if os.path.exists(page) and not args.force and page_inputs(page) != inputs:
+            raise SystemExit(f"error: {page} was made from other runs (columns, seeds, budgets or data) than these; "
+                             "pass --force to overwrite it, or --out-dir another folder")
+        text = f"<!-- inputs: {json.dumps(inputs, sort_keys=True)} -->\n" + env_report(env, cells, args.command, args.paper)
         if args.plots:
-            for path in curves(env, cells, args.out_dir):
+            for path in curves(env, cells, out_dir):
                 text += f"\n![{os.path.basename(path)}]({os.path.basename(path)})\n"
-        with open(os.path.join(args.out_dir, f"{env}.md"), "w") as f:
-            f.write(text)
-        print(f"wrote {os.path.join(args.out_dir, env + '.md')}")
+        atomic_text(page, text)
+        print(f"wrote {page}")
+
+
+def report_inputs(env: str, cells: dict) -> dict:
+    """What a page is made of: per column its seeds, budget and data (behavior and task set, from each run's args.json)."""
+    inputs = {}
+    for (e, exp), runs in cells.items():
+        if e != env:
+            continue
+        data = set()
+        for run_dir, _ in runs.values():
+            path = os.path.join(run_dir, "args.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    saved = json.load(f)
+                data.add(f"{saved.get('behavior')}, task seed {saved.get('task_seed')}")
+        total_steps = {results["total_steps"] for _, results in runs.values()}
+        inputs[exp] = {"seeds": sorted(runs), "total_steps": sorted(total_steps), "data": sorted(data)}
+    return inputs
+
+
+def page_inputs(page: str) -> Optional[dict]:
+    with open(page) as f:
+        first = f.readline()
+    if first.startswith("<!-- inputs: ") and first.rstrip().endswith(" -->"):
+        return json.loads(first[len("<!-- inputs: "):-len(" -->") - 1])
+    return None  # a page without the record is taken as made from other inputs
+
+
+def atomic_text(path: str, text: str):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 @dataclass

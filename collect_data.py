@@ -523,12 +523,13 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     if args.env not in ENV_NAMES:
         raise SystemExit(f"error: unknown env {args.env!r}; valid names are: {', '.join(ENV_NAMES)}")
-    args.sac_steps = args.sac_steps or DEFAULT_SAC_STEPS.get(args.env, 1_000_000)
+    args.sac_steps = args.sac_steps if args.sac_steps is not None else DEFAULT_SAC_STEPS.get(args.env, 1_000_000)
     if args.learning_starts is None:
         args.learning_starts = DEFAULT_LEARNING_STARTS.get(args.env, 5_000)
-    args.hidden_dim = args.hidden_dim or DEFAULT_HIDDEN_DIM.get(args.env, 256)
-    args.num_trajectories = args.num_trajectories or (100 if args.env in ("point-robot", "cheetah-dir") else 50)
-    args.checkpoint_every = args.checkpoint_every or max(args.sac_steps // 20, 1)
+    args.hidden_dim = args.hidden_dim if args.hidden_dim is not None else DEFAULT_HIDDEN_DIM.get(args.env, 256)
+    if args.num_trajectories is None:
+        args.num_trajectories = 100 if args.env in ("point-robot", "cheetah-dir") else 50
+    args.checkpoint_every = args.checkpoint_every if args.checkpoint_every is not None else max(args.sac_steps // 20, 1)
     all_tasks = get_tasks(args.env, args.n_tasks, args.task_seed)
     task_ids = list(range(len(all_tasks))) if args.tasks is None else sorted(set(args.tasks))
     bad = [i for i in task_ids if not 0 <= i < len(all_tasks)]

@@ -2,10 +2,12 @@
 # Behavior Regularization", ICLR 2021), on GENTLE's TD3+BC backbone as the Meta-NF paper re-implements it.
 # Reference code: https://github.com/LanqingLi1993/FOCAL-ICLR (representation), https://github.com/LAMDA-RL/GENTLE (TD3+BC).
 # Docs and deviations from the reference code: docs/focal.md
+import datetime
 import os
 import random
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal, Optional
 
 import numpy as np
@@ -19,6 +21,11 @@ from common.datasets import DatasetError, TaskBatchSampler, atomic_write, atomic
 from common.envs import ENV_NAMES, HORIZONS, make_env, train_test_split
 
 ALGORITHM = "focal"
+# With --checkpoint every argument comes from the saved run but these, which change neither the networks nor the random
+# stream of training (--total-steps trains a run further); with --eval-only also EVALUATION_OPTIONS.
+RESUME_OPTIONS = ("checkpoint", "eval_only", "exp_name", "total_steps", "eval_every", "log_every", "device", "save_model",
+                  "data_dir")
+EVALUATION_OPTIONS = ("eval_episodes", "few_shot_context")
 
 
 @dataclass
@@ -96,12 +103,14 @@ class Args:
 def apply_env_defaults(args: Args) -> Args:
     point = args.env == "point-robot"
     focal_context = {"point-robot": 64, "cheetah-vel": 100, "hopper-params": 100, "walker-params": 100}
-    args.context_size = args.context_size or focal_context.get(args.env, 256)
-    args.few_shot_context = args.few_shot_context or HORIZONS[args.env]
-    args.latent_dim = args.latent_dim or (10 if args.env in ("hopper-params", "walker-params") else 5)
-    args.hidden_dim = args.hidden_dim or (64 if point else 256)
+    args.context_size = args.context_size if args.context_size is not None else focal_context.get(args.env, 256)
+    args.few_shot_context = args.few_shot_context if args.few_shot_context is not None else HORIZONS[args.env]
+    args.latent_dim = args.latent_dim if args.latent_dim is not None else (
+        10 if args.env in ("hopper-params", "walker-params") else 5
+    )
+    args.hidden_dim = args.hidden_dim if args.hidden_dim is not None else (64 if point else 256)
     args.gamma = args.gamma if args.gamma is not None else (0.9 if point else 0.99)
-    args.encoder_hidden_dim = args.encoder_hidden_dim or (64 if point else 200)
+    args.encoder_hidden_dim = args.encoder_hidden_dim if args.encoder_hidden_dim is not None else (64 if point else 200)
     return args
 
 
@@ -276,7 +285,8 @@ def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device) ->
     for episode in range(args.eval_episodes):
         obs = np.stack([env.reset(seed=args.seed + episode)[0] for env in envs])
         if protocol == "zero_shot":
-            code_sum.zero_(), count.zero_()
+            code_sum.zero_()
+            count.zero_()
         else:
             context, _ = sampler.sample_context(task_idx, args.few_shot_context, generator=generator)
             code_sum += agent.context_codes(transition_inputs(context)).sum(1)
@@ -305,30 +315,82 @@ def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device) ->
     return returns.mean(1)
 
 
+def fail(message: str):
+    """A bad argument: one line that names it, and exit code 2 (argparse's and tyro's convention)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_args(args: Args):
+    """Refuse, before anything is written, what cannot run."""
+    if args.env not in ENV_NAMES:
+        fail(f"--env {args.env}: unknown; valid names are: {', '.join(ENV_NAMES)}")
+    if args.eval_only and args.checkpoint is None:
+        fail("--eval-only needs --checkpoint PATH")
+    for name in ("total_steps", "eval_every", "log_every", "eval_episodes", "batch_size", "n_tasks", "context_size",
+                 "few_shot_context", "latent_dim", "hidden_dim", "encoder_hidden_dim", "meta_batch_size"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            fail(f"--{name.replace('_', '-')} {value}: must be a positive integer")
+    try:
+        train_test_split(args.env, args.n_tasks, args.n_train)
+    except ValueError as e:
+        fail(f"--n-train {args.n_train}: {e}")
+    try:
+        device = torch.device("cpu" if args.device == "auto" else args.device)
+    except RuntimeError:
+        fail(f"--device {args.device}: not a torch device; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu or auto")
+
+
 def load_checkpoint(path: str, args: Args) -> dict:
     if not os.path.exists(path):
-        raise SystemExit(f"error: checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if checkpoint.get("algorithm") != ALGORITHM:
-        found = checkpoint.get("algorithm")
-        raise SystemExit(f"error: {path} is a checkpoint of {found!r}, not of {ALGORITHM}; use its own script")
+        fail(f"--checkpoint {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or not a torch file
+        fail(f"--checkpoint {path}: not a readable checkpoint ({type(e).__name__}: {e})")
+    if not isinstance(checkpoint, dict) or checkpoint.get("algorithm") != ALGORITHM:
+        found = checkpoint.get("algorithm") if isinstance(checkpoint, dict) else None
+        fail(f"--checkpoint {path}: is a checkpoint of {found!r}, not of {ALGORITHM}; use its own script")
     trained_env = checkpoint["args"]["env"]
     if trained_env != args.env:
-        raise SystemExit(f"error: {path} was trained on {trained_env}, not {args.env}; pass --env {trained_env}")
+        fail(f"--checkpoint {path}: was trained on {trained_env}, not {args.env}; pass --env {trained_env}")
     return checkpoint
+
+
+def command_line_fields() -> set:
+    """The fields that a flag on the command line names (--field-name, or --no-field-name for a boolean)."""
+    names, given = {f.name for f in fields(Args)}, set()
+    for token in sys.argv[1:]:
+        if token.startswith("--"):
+            name = token[2:].split("=")[0].replace("-", "_")
+            given.add(name[3:] if name not in names and name.startswith("no_") else name)
+    return given
+
+
+def resolve_args(args: Args, checkpoint: dict) -> Args:
+    """The saved run's arguments, with the options that may change taken from the command line where it gives them; a
+    flag that contradicts the saved run is an error that names it."""
+    saved = checkpoint["args"]
+    changeable = RESUME_OPTIONS + (EVALUATION_OPTIONS if args.eval_only else ())
+    given = command_line_fields()
+    for name in sorted(given - set(changeable)):
+        if name in saved and getattr(args, name) != saved[name]:
+            allowed = ", ".join("--" + k.replace("_", "-") for k in changeable[2:])
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)}: the run of {args.checkpoint} has {saved[name]}, and "
+                 f"with --checkpoint{' --eval-only' if args.eval_only else ''} only these may change: {allowed}")
+    chosen = {k: getattr(args, k) for k in changeable if k in given or k in ("checkpoint", "eval_only")}
+    return Args(**{**saved, **chosen})
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    if args.env not in ENV_NAMES:
-        raise SystemExit(f"error: unknown env {args.env!r}; valid names are: {', '.join(ENV_NAMES)}")
-    if args.eval_only and args.checkpoint is None:
-        raise SystemExit("error: --eval-only needs --checkpoint PATH")
+    check_args(args)
     checkpoint = load_checkpoint(args.checkpoint, args) if args.checkpoint else None
-    if checkpoint:  # the saved run's arguments define the networks and the task set; eval and run options stay
-        keep = ("checkpoint", "eval_only", "device", "exp_name", "total_steps", "eval_every", "log_every", "save_model",
-                "data_dir")
-        args = Args(**{**checkpoint["args"], **{k: getattr(args, k) for k in keep}})
+    if checkpoint:
+        args = resolve_args(args, checkpoint)
     args = apply_env_defaults(args)
     train_ids, test_ids = train_test_split(args.env, args.n_tasks, args.n_train)
     try:
@@ -344,7 +406,8 @@ if __name__ == "__main__":
         run_dir = os.path.join("runs", run_name)
     writer = SummaryWriter(run_dir)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    atomic_write_json(os.path.join(run_dir, "args.json"), asdict(args))
+    # a resumed run's args.json stays its own: the same as had it not been interrupted
+    atomic_write_json(os.path.join(run_dir, "args.json"), {**asdict(args), **({"checkpoint": None} if interrupted else {})})
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -365,6 +428,11 @@ if __name__ == "__main__":
         agent.load_state_dict(checkpoint["agent"])
         start_step = checkpoint["step"]
         torch.set_rng_state(checkpoint["rng_state"])
+        if "numpy_rng_state" in checkpoint:  # checkpoints of earlier versions hold only the torch CPU state
+            np.random.set_state(checkpoint["numpy_rng_state"])
+            random.setstate(checkpoint["python_rng_state"])
+            if device.type == "cuda" and checkpoint["cuda_rng_state"] is not None:
+                torch.cuda.set_rng_state_all(checkpoint["cuda_rng_state"])
     eval_envs = {
         "train": [make_env(args.env, i, args.n_tasks, args.task_seed) for i in train_ids],
         "test": [make_env(args.env, i, args.n_tasks, args.task_seed) for i in test_ids],
@@ -421,7 +489,7 @@ if __name__ == "__main__":
                 writer.add_scalar(k, v, step)
             sps = (step - start_step) / (time.time() - start_time)
             writer.add_scalar("charts/SPS", sps, step)
-            eta = time.strftime("%H:%M:%S", time.gmtime((args.total_steps - step) / sps))
+            eta = datetime.timedelta(seconds=round((args.total_steps - step) / sps))  # "1 day, 6:00:00" past 24 h
             print(f"step {step}/{args.total_steps} | {sps:,.0f} updates/s | ETA {eta}", flush=True)
             last_log = step
         if step % args.eval_every == 0 or step == args.total_steps:
@@ -438,6 +506,9 @@ if __name__ == "__main__":
                     "obs_mean": obs_mean,
                     "obs_std": obs_std,
                     "rng_state": torch.get_rng_state(),
+                    "cuda_rng_state": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                    "numpy_rng_state": np.random.get_state(),
+                    "python_rng_state": random.getstate(),
                     "wall_time": results["wall_time"],
                 }
                 atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda p: torch.save(state, p), suffix=".pt")

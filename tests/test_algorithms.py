@@ -58,18 +58,6 @@ def run(script, cwd, *extra, check=True):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """Expert data of a 4-task point-robot task set (2 train, 2 test), collected by collect_data.py itself."""
-    out = tmp_path_factory.mktemp("data")
-    command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--env", "point-robot", "--n-tasks", "4",
-               "--n-train", "2", "--out-dir", str(out), "--sac-steps", "300", "--learning-starts", "100", "--batch-size", "32",
-               "--num-trajectories", "6", "--random-episodes", "1", "--log-every", "300"]
-    result = subprocess.run(command, cwd=out, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
     """One tiny training run per script: {script: (cwd, run_dir)}."""
     runs = {}
@@ -116,6 +104,8 @@ def test_smoke_outputs(trained, script):
             "q_optimizer", "encoder_optimizer"} <= set(checkpoint["agent"])
     assert checkpoint["obs_mean"].shape == checkpoint["obs_std"].shape == (2,)
     assert ("value_net" in checkpoint["agent"]) == (script == "select_omrl")
+    # every random generator the scripts draw from, so that a resumed run goes on with the same streams
+    assert {"rng_state", "cuda_rng_state", "numpy_rng_state", "python_rng_state"} <= set(checkpoint)
     with open(os.path.join(run_dir, "args.json")) as f:
         assert json.load(f)["total_steps"] == 40
 

@@ -226,6 +226,23 @@ def test_archive_keeps_what_a_report_needs_and_no_checkpoint(tmp_path):
         benchmark.archive(benchmark.Archive(runs_dir=str(tmp_path / "empty"), out_dir=str(archived)))
 
 
+def test_report_refuses_to_overwrite_a_page_of_other_runs_unless_forced(tmp_path):
+    runs = str(tmp_path / "runs")
+    for seed in (0, 1):
+        write_run(runs, "point-robot", "focal", seed, 5, -10.0, -15.0)
+    out = str(tmp_path / "results")
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=out, plots=False))
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=out, plots=False))  # the same runs again: fine
+    write_run(runs, "point-robot", "focal", 2, 5, -12.0, -15.0)  # one seed more: other inputs
+    with pytest.raises(SystemExit, match="pass --force to overwrite it"):
+        benchmark.report(benchmark.Report(runs_dir=runs, out_dir=out, plots=False))
+    assert "(n=2)" in (tmp_path / "results" / "point-robot.md").read_text()
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=out, plots=False, force=True))
+    assert "(n=3)" in (tmp_path / "results" / "point-robot.md").read_text()
+    benchmark.report(benchmark.Report(runs_dir=runs, plots=False))
+    assert (tmp_path / "runs" / "report" / "point-robot.md").exists()  # the default: under the runs folder
+
+
 def test_report_never_mixes_budgets(tmp_path):
     runs = str(tmp_path / "runs")
     for seed in (0, 1, 2):
@@ -294,11 +311,12 @@ def test_tiny_real_run_and_report(tmp_path):
     assert "2 of 2 runs succeeded" in result.stdout, result.stdout + result.stderr
     result = subprocess.run([*bench, "report"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    text = (tmp_path / "results" / "point-robot.md").read_text()
+    assert not (tmp_path / "results").exists()  # by default the report goes under runs/, never over results/
+    text = (tmp_path / "runs" / "report" / "point-robot.md").read_text()
     assert "(n=2)" in text and "## zero-shot" in text and "## few-shot" in text
     header, _, train, test = text.split("## zero-shot")[1].strip().splitlines()[:4]
     assert header == "| task set | focal | focal_eval |"
     for row in (train, test):  # evaluating the final checkpoints again gives the runs' own numbers
         cells = row.split(" | ")
         assert cells[1] == cells[2].rstrip(" |")
-    assert (tmp_path / "results" / "point-robot_zero_shot.png").stat().st_size > 1000
+    assert (tmp_path / "runs" / "report" / "point-robot_zero_shot.png").stat().st_size > 1000

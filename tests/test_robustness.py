@@ -1,0 +1,91 @@
+import glob
+import json
+import os
+import re
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from test_algorithms import SCRIPTS, TINY, load_results, run  # noqa: E402
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_non_positive_step_count_is_refused_before_any_run_folder(script, tmp_path):
+    result = run(script, tmp_path, "--total-steps", "0", "--data-dir", str(tmp_path), check=False)
+    assert result.returncode == 2 and result.stderr.strip() == "error: --total-steps 0: must be a positive integer"
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--eval-every", "0"], "--eval-every 0: must be a positive integer"),
+    (["--log-every", "-5"], "--log-every -5: must be a positive integer"),
+    (["--latent-dim", "0"], "--latent-dim 0: must be a positive integer"),
+    (["--n-train", "30"], "--n-train 30: n_train must lie in [1, 19] for 20 tasks"),
+    (["--device", "gpu"], "--device gpu: not a torch device"),
+    (["--env", "cheetah-speed"], "--env cheetah-speed: unknown; valid names are: point-robot"),
+    (["--eval-only"], "--eval-only needs --checkpoint PATH"),
+])
+def test_bad_arguments_are_one_line_that_names_them(flags, named, tmp_path):
+    result = run("focal", tmp_path, *flags, "--data-dir", str(tmp_path), check=False)
+    assert result.returncode == 2 and named in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_refused_before_any_run_folder(tmp_path):
+    result = run("unicorn", tmp_path, "--device", "cuda", check=False)
+    assert result.returncode == 2 and "--device cuda: this torch" in result.stderr and "sees no CUDA device" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_corrupt_checkpoint_is_named(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"truncated")
+    result = run("gentle", tmp_path, "--eval-only", "--checkpoint", str(tmp_path / "checkpoint.pt"), check=False)
+    assert result.returncode == 2 and "--checkpoint" in result.stderr and "not a readable checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_a_run_resumed_from_only_its_checkpoint_is_the_uninterrupted_run(data_dir, tmp_path):
+    (tmp_path / "straight").mkdir()
+    run("unicorn", tmp_path / "straight", *TINY, "--data-dir", data_dir)
+    (straight,) = glob.glob(str(tmp_path / "straight" / "runs" / "point-robot__unicorn__0__*"))
+    run("unicorn", tmp_path, *[a if a != "40" else "20" for a in TINY], "--data-dir", data_dir)
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__unicorn__0__*"))
+    path = os.path.join(run_dir, "checkpoint.pt")
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["args"]["total_steps"] = 40  # as if a 40-step run had stopped after its step-20 checkpoint
+    torch.save(checkpoint, path)
+    run("unicorn", tmp_path / "straight", "--checkpoint", path)  # nothing else: every argument comes from the run
+    resumed, uninterrupted = load_results(run_dir), load_results(straight)
+    assert resumed["step"] == 40 == uninterrupted["step"]
+    assert resumed["zero_shot"] == uninterrupted["zero_shot"] and resumed["few_shot"] == uninterrupted["few_shot"]
+    with open(os.path.join(run_dir, "args.json")) as f, open(os.path.join(straight, "args.json")) as g:
+        assert json.load(f) == json.load(g)
+
+
+def test_a_flag_that_contradicts_the_checkpoint_is_an_error_that_names_it(data_dir, tmp_path):
+    run("focal", tmp_path, *TINY, "--data-dir", data_dir)
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__focal__0__*"))
+    path = os.path.join(run_dir, "checkpoint.pt")
+    result = run("focal", tmp_path, "--checkpoint", path, "--seed", "3", "--total-steps", "60", check=False)
+    assert result.returncode == 2 and "--seed 3: the run of" in result.stderr and "has 0" in result.stderr
+    assert "--total-steps" in result.stderr  # the message lists what may change
+    result = run("focal", tmp_path, "--checkpoint", path, "--eval-only", "--batch-size", "64", check=False)
+    assert result.returncode == 2 and "--batch-size 64" in result.stderr
+    # the same value as the run's is no contradiction, and an evaluation option may change with --eval-only
+    run("focal", tmp_path, "--checkpoint", path, "--eval-only", "--seed", "0", "--eval-episodes", "1")
+
+
+
+def test_docs_cite_only_files_of_the_repository():
+    pages = glob.glob(os.path.join(ROOT, "docs", "*.md")) + [os.path.join(ROOT, "README.md")]
+    for page in pages:
+        with open(page) as f:
+            text = f.read()
+        assert "../shared" not in text and "DECISIONS.md" not in text and "spec/" not in text, page
+        for target in re.findall(r"\]\(([^)#\s]+)\)", text):
+            if not target.startswith("http"):
+                assert os.path.exists(os.path.join(os.path.dirname(page), target)), (page, target)
