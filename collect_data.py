@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import List, Literal, Optional
@@ -537,6 +538,11 @@ if __name__ == "__main__":
         raise SystemExit(f"error: task ids {bad} are out of range for {args.env}: valid ids are 0..{len(all_tasks) - 1}")
     if args.behavior == "mixed":
         mixed_schedule(args)
+    if args.sac_steps <= args.learning_starts:
+        print(f"error: --sac-steps {args.sac_steps}: SAC acts uniformly at random for its first --learning-starts "
+              f"{args.learning_starts} steps, so its policy would be untrained; give more steps or fewer warm-up steps",
+              file=sys.stderr)
+        raise SystemExit(2)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -562,7 +568,7 @@ if __name__ == "__main__":
         else:
             todo.append(i)
     run_name = f"{args.env}__collect_data_{args.behavior}__{args.seed}__{int(time.time())}"
-    writer = SummaryWriter(f"runs/{run_name}") if todo else None
+    writer = SummaryWriter(os.path.join(args.out_dir, "runs", run_name)) if todo else None
     if writer:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     probe = make_env(args.env, 0, args.n_tasks, args.task_seed)

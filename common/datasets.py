@@ -60,6 +60,9 @@ def atomic_write(path: str, write_fn, suffix: str = "") -> None:
     os.close(fd)
     try:
         write_fn(tmp_path)
+        umask = os.umask(0)  # mkstemp makes the file private (0600); give it the mode a plain open() would
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):

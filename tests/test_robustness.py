@@ -2,6 +2,7 @@ import glob
 import json
 import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -89,3 +90,26 @@ def test_docs_cite_only_files_of_the_repository():
         for target in re.findall(r"\]\(([^)#\s]+)\)", text):
             if not target.startswith("http"):
                 assert os.path.exists(os.path.join(os.path.dirname(page), target)), (page, target)
+
+
+def test_atomic_writes_give_files_the_umask_mode(tmp_path):
+    from common.datasets import atomic_write_json
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_json(str(tmp_path / "a.json"), {"x": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_collection_refuses_a_sac_budget_inside_the_warm_up(tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--env", "point-robot", "--sac-steps", "1000",
+               "--out-dir", str(tmp_path / "data")]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--sac-steps 1000" in result.stderr and "--learning-starts 2000" in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_collection_logs_under_its_output_folder(data_dir):
+    assert glob.glob(os.path.join(data_dir, "runs", "point-robot__collect_data_expert__0__*", "events.*"))
