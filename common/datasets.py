@@ -168,11 +168,13 @@ def load_dataset(
             raise DatasetError(f"{folder}: task {task_id} has not been collected; create it with:\n    {command}")
         recorded = metadata["tasks"][str(task_id)]["params"]
         if not _same_params(recorded, expected_tasks[task_id]):
+            own_folder = os.path.join(root, f"tasks{n_tasks}_seed{task_seed}")  # a dataset folder holds one task set
             raise DatasetError(
                 f"{meta_path}: task {task_id} was collected for other task parameters ({_short(recorded)}) than the task "
                 f"set n_tasks={n_tasks}, task_seed={task_seed} gives ({_short(expected_tasks[task_id])}); pass the "
-                f"task-set options the data were made with (metadata: {metadata['task_set']}) or recollect with:"
-                f"\n    {command}"
+                f"task-set options the data were made with (metadata: {metadata['task_set']}), or collect this task set "
+                f"into a folder of its own with:\n    {collect_command(env, behavior, own_folder, n_tasks, task_seed)}\n"
+                f"and pass --data-dir {shlex.quote(own_folder)}"
             )
     probe = make_env(env, task_ids[0], n_tasks, task_seed)
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]

@@ -113,3 +113,38 @@ def test_collection_refuses_a_sac_budget_inside_the_warm_up(tmp_path):
 
 def test_collection_logs_under_its_output_folder(data_dir):
     assert glob.glob(os.path.join(data_dir, "runs", "point-robot__collect_data_expert__0__*", "events.*"))
+
+
+TINY_SAC = ["--sac-steps", "300", "--learning-starts", "100", "--batch-size", "32", "--num-trajectories", "6",
+            "--random-episodes", "1", "--log-every", "300"]
+
+
+def test_a_task_set_mismatch_suggests_a_collection_that_runs(data_dir, tmp_path):
+    from common.datasets import DatasetError, load_dataset
+
+    with pytest.raises(DatasetError) as error:
+        load_dataset("point-robot", "expert", data_dir, None, n_tasks=4, task_seed=7)
+    lines = str(error.value).splitlines()
+    command = lines[-2].split()
+    assert command[:2] == ["python", "collect_data.py"] and "--task-seed" in command and lines[-1].startswith("and pass")
+    own_folder = command[command.index("--out-dir") + 1]
+    assert own_folder != data_dir and lines[-1] == f"and pass --data-dir {own_folder}"
+    subprocess.run([sys.executable, os.path.join(ROOT, *command[1:2]), *command[2:], "--n-train", "2", *TINY_SAC],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    assert len(load_dataset("point-robot", "expert", own_folder, None, n_tasks=4, task_seed=7).tasks) == 4
+
+
+def test_an_interrupted_first_collection_resumes(tmp_path):
+    import collect_data
+
+    out = str(tmp_path / "data")
+    args = collect_data.Args(env="point-robot", n_tasks=4, n_train=2, out_dir=out, sac_steps=300, learning_starts=100,
+                             batch_size=32)
+    args.num_trajectories, args.hidden_dim, args.checkpoint_every = 6, 64, 15
+    collect_data.update_metadata(args, 2, 2, {})  # what a first collection writes before its first task is done
+    command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--env", "point-robot", "--n-tasks", "4",
+               "--n-train", "2", "--out-dir", out, *TINY_SAC]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with open(os.path.join(out, "point-robot", "expert", "metadata.json")) as f:
+        assert sorted(json.load(f)["tasks"]) == ["0", "1", "2", "3"]
