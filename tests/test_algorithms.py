@@ -321,3 +321,26 @@ def test_masked_mean_and_empty_context():
     codes = torch.tensor([[[1.0], [3.0], [100.0]], [[5.0], [7.0], [9.0]]])
     mask = torch.tensor([[[1.0], [1.0], [0.0]], [[0.0], [0.0], [0.0]]])
     np.testing.assert_allclose(unicorn.masked_mean(codes, mask).numpy(), [[2.0], [0.0]])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_update_stays_on_its_device_and_never_reads_a_value_back(script):
+    """Every tensor of a gradient step on the meta device (shapes without data): a tensor made on the CPU by mistake
+    fails on mixing devices, and a host synchronization (.item(), bool(), a Python branch on a value) fails for lack of
+    data. So an update that runs here keeps to the training device and never waits for it."""
+    module = {"focal": focal, "unicorn": unicorn, "metanf": metanf, "csro": csro, "select_omrl": select_omrl,
+              "gentle": gentle}[script]
+    args = module.apply_env_defaults(module.Args(env="point-robot"))
+    device = torch.device("meta")
+    agent_class = next(v for v in vars(module).values() if isinstance(v, type) and hasattr(v, "NETWORKS"))
+    agent = agent_class(2, 2, args, device)
+    m = args.meta_batch_size
+
+    def fields(rows):
+        shapes = {"observations": 2, "actions": 2, "rewards": 1, "next_observations": 2, "terminations": 1}
+        return {k: torch.zeros(m, rows, d, device=device) for k, d in shapes.items()}
+
+    for _ in range(2):  # a critic-only step and an actor step
+        log = agent.update(fields(args.batch_size), fields(args.context_size), torch.ones(m, args.context_size, 1,
+                           device=device), torch.arange(m, device=device))
+    assert {v.device.type for v in log.values()} == {"meta"} and "losses/actor_loss" in log
