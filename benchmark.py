@@ -174,7 +174,7 @@ class Speed:
 
     env: str = "point-robot"
     """task family whose observation and action sizes the networks take"""
-    algos: List[str] = field(default_factory=lambda: ["focal", "unicorn", "metanf"])
+    algos: List[str] = field(default_factory=lambda: ["focal", "csro", "unicorn", "gentle", "metanf", "select_omrl"])
     """algorithm scripts to time"""
     device: str = "auto"
     """torch device; auto: cuda when available"""
