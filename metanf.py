@@ -102,9 +102,10 @@ class Args:
     """flow: the latent x of the actor's Q term, x ~ N(0, I), x = 0, or both (the mean of the two Q terms)"""
     target_latent: Literal["zero", "sample"] = "zero"
     """flow: critic target action tanh(f_target(0)) plus TD3's clipped noise, or tanh(f_target(x)) with x ~ N(0, I)"""
-    act: Literal["zero", "sample", "best-of-n"] = "zero"
-    """evaluation action, also with --checkpoint: the base latent x = 0; x ~ N(0, I) (seeded); or of x = 0 and
-    --act-samples draws the one with the highest min(Q1, Q2) (the Gaussian actor: tanh(mean + std x) likewise)"""
+    act: Optional[Literal["zero", "sample", "best-of-n"]] = None
+    """evaluation action: the base latent x = 0; x ~ N(0, I) (seeded); or of x = 0 and --act-samples draws the one with
+    the highest min(Q1, Q2) (the Gaussian actor: tanh(mean + std x) likewise) (if unset: sample for the flow, chosen on a
+    development task set; zero for --no-flow, TD3+BC's tanh(mean))"""
     act_samples: int = 10
     """--act best-of-n: latent draws besides x = 0"""
     lr: float = 3e-4
@@ -139,6 +140,7 @@ def apply_env_defaults(args: Args) -> Args:
     )
     unicorn_beta = {"cheetah-vel": 0.15, "cheetah-dir": 0.01, "ant-dir": 0.15, "hopper-params": 1.5, "walker-params": 0.7}
     args.beta = args.beta if args.beta is not None else unicorn_beta.get(args.env, 1.0)
+    args.act = args.act if args.act is not None else ("sample" if args.flow else "zero")
     return args
 
 

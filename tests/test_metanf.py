@@ -155,6 +155,9 @@ def test_defaults_fill_per_env_values():
     args = metanf.apply_env_defaults(metanf.Args(env="point-robot"))
     assert (args.latent_dim, args.hidden_dim, args.beta, args.gamma, args.context_size) == (5, 64, 1.0, 0.9, 20)
     assert np.isclose(metanf.apply_env_defaults(metanf.Args(env="cheetah-vel", beta=0.0)).beta, 0.0)
+    # the acting rule: the development study's winner for the flow, TD3+BC's tanh(mean) for the Gaussian actor
+    assert metanf.apply_env_defaults(metanf.Args()).act == "sample"
+    assert metanf.apply_env_defaults(metanf.Args(flow=False)).act == "zero"
 
 
 def make_agent(flow=True, **overrides):

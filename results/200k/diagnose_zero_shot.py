@@ -44,6 +44,7 @@ def diagnose(agent, envs, sampler, args, obs_mean, obs_std, selection: bool) -> 
         for i in range(n)
     ])
     returns, final_distance, code_distance, identified = np.zeros((n, args.eval_episodes)), [], [], []
+    action_generator = torch.Generator().manual_seed(args.seed)  # as metanf.evaluate's, for --act sample and best-of-n
     saturated = []
     for episode in range(args.eval_episodes):
         obs = np.stack([env.reset(seed=args.seed + episode)[0] for env in envs])
@@ -57,7 +58,7 @@ def diagnose(agent, envs, sampler, args, obs_mean, obs_std, selection: bool) -> 
                 distances = torch.cdist(z, task_codes)
                 code_distance.append((distances.diagonal() / distances.mean(1)).numpy())
                 identified.append((distances.argmin(1) == torch.arange(n)).numpy())
-            actions = agent.actor.act(obs_t, z).numpy()
+            actions = agent.evaluation_action(obs_t, z, action_generator).numpy()
             saturated.append(np.abs(actions) > 0.99)
             next_obs, rewards = obs.copy(), np.zeros(n, dtype=np.float32)
             for j, env in enumerate(envs):
