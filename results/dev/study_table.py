@@ -20,6 +20,9 @@ class Args:
     """folder of the runs' folders (runs/, or the archive results/dev/runs)"""
     total_steps: int = 20_000
     """the budget of the development runs"""
+    default: str = DEFAULT
+    """the experiment the candidates are compared with (the acting rules: metanf-dev7; training candidates, evaluated
+    with the chosen acting rule: metanf-act-sample-dev7)"""
 
 
 def scores(runs_dir: str, total_steps: int) -> dict:
@@ -39,20 +42,21 @@ def scores(runs_dir: str, total_steps: int) -> dict:
 if __name__ == "__main__":
     args = tyro.cli(Args)
     found = scores(args.runs_dir, args.total_steps)
-    if DEFAULT not in found:
-        raise SystemExit(f"error: no finished {DEFAULT} run of {args.total_steps} steps in {args.runs_dir}")
-    seeds = sorted(found[DEFAULT])
+    default = args.default
+    if default not in found:
+        raise SystemExit(f"error: no finished {default} run of {args.total_steps} steps in {args.runs_dir}")
+    seeds = sorted(found[default])
     print("| candidate | " + " | ".join(f"seed {s}: score (train / test)" for s in seeds)
           + " | mean paired difference d | standard error | d > se |")
     print("|---" * (len(seeds) + 4) + "|")
-    for exp in [DEFAULT, REFERENCE] + sorted(set(found) - {DEFAULT, REFERENCE}):
+    for exp in [default, REFERENCE] + sorted(set(found) - {default, REFERENCE}):
         if exp not in found:
             continue
         cells = [f"{found[exp][s][0]:.2f} ({found[exp][s][1]:.2f} / {found[exp][s][2]:.2f})" if s in found[exp] else "—"
                  for s in seeds]
-        paired = [found[exp][s][0] - found[DEFAULT][s][0] for s in seeds if s in found[exp]]
-        if exp == DEFAULT or len(paired) < 2:
-            tail = ["—", "—", "—"] if exp == DEFAULT else [f"{np.mean(paired):+.2f} (n={len(paired)})", "—", "—"]
+        paired = [found[exp][s][0] - found[default][s][0] for s in seeds if s in found[exp]]
+        if exp == default or len(paired) < 2:
+            tail = ["—", "—", "—"] if exp == default else [f"{np.mean(paired):+.2f} (n={len(paired)})", "—", "—"]
         else:
             mean, se = np.mean(paired), np.std(paired, ddof=1) / np.sqrt(len(paired))
             tail = [f"{mean:+.2f} (n={len(paired)})", f"{se:.2f}", "yes" if mean > se else "no"]
