@@ -310,6 +310,17 @@ def env_seed(seed: int, task_id: int, stream: int) -> int:
     return ((seed * 1000 + task_id) * 10 + stream) % 2**31
 
 
+def generator_state() -> dict:
+    """The state of every random generator this script draws from: torch's (envs are seeded per task, see env_seed)."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_generator_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def sac_dir(args: Args, task_id: int) -> str:
     return os.path.join(args.out_dir, args.env, "sac", f"seed_{args.seed}", f"task_{task_id:02d}")
 
@@ -402,8 +413,11 @@ def train_sac(args, task_ids, tasks, device, writer, recorder=None):
             if global_step >= args.learning_starts:
                 for k, v in log.items():
                     writer.add_scalar(k, v.item(), step)
+    # the stream where the rollouts start, so that rollouts resumed with these checkpoints continue it (see __main__)
+    after_sac = {"sac_batch": list(task_ids), "behavior": args.behavior, **generator_state()}
     state = agent.state_dict()
     for j, i in enumerate(task_ids):
+        atomic_write(os.path.join(sac_dir(args, i), "generator_state.pt"), lambda p: torch.save(after_sac, p), suffix=".pt")
         per_task = {k: task_slice(v, j) for k, v in state.items() if k.startswith(("actor", "qf")) and "optimizer" not in k}
         per_task["log_alpha"] = state["log_alpha"][j : j + 1].cpu()
         atomic_write(os.path.join(sac_dir(args, i), "sac_final.pt"), lambda p: torch.save(per_task, p), suffix=".pt")
@@ -567,6 +581,18 @@ if __name__ == "__main__":
             print(f"task {i}: already complete in {out}, skipped")
         else:
             todo.append(i)
+    # The data of a batch depend on the random stream left by the batches before it. An interrupted collection restores
+    # the stream where its last finished batch left it, so that it writes what an uninterrupted one would have written.
+    finished = sorted(int(k) for k in done if os.path.exists(task_file(args.out_dir, args.env, args.behavior, int(k))))
+    stream_path = os.path.join(out, "generator_state.pt")
+    if finished and todo:
+        saved_stream = torch.load(stream_path) if os.path.exists(stream_path) else None
+        if saved_stream is not None and saved_stream["tasks_done"] == finished:
+            set_generator_state(saved_stream)
+            print(f"continuing the random stream of the collection that wrote tasks {finished}")
+        else:
+            print(f"note: {stream_path} does not match the finished tasks {finished}; the new tasks' data will differ "
+                  "from those of an uninterrupted collection (they are still valid data)")
     run_name = f"{args.env}__collect_data_{args.behavior}__{args.seed}__{int(time.time())}"
     writer = SummaryWriter(os.path.join(args.out_dir, "runs", run_name)) if todo else None
     if writer:
@@ -586,6 +612,11 @@ if __name__ == "__main__":
         else:
             if trained:
                 print(f"tasks {trained}: reusing the SAC checkpoints in {os.path.dirname(sac_dir(args, trained[0]))}")
+            if trained == batch:  # rollouts of this collection cut after its SAC training: restart them where they began
+                streams = [os.path.join(sac_dir(args, i), "generator_state.pt") for i in batch]
+                after_sac = [torch.load(p) if os.path.exists(p) else None for p in streams]
+                if all(a is not None and a["sac_batch"] == batch and a["behavior"] == args.behavior for a in after_sac):
+                    set_generator_state(after_sac[0])
             if len(trained) < len(batch):
                 train_sac(args, [i for i in batch if i not in trained], all_tasks, device, writer)
             schedule = [[args.sac_steps, args.num_trajectories]] if args.behavior == "expert" else mixed_schedule(args)
@@ -610,6 +641,9 @@ if __name__ == "__main__":
                 f"task {i}: {len(returns)} episodes, {len(data['rewards'])} transitions, return {returns.mean():.2f} "
                 f"± {returns.std():.2f} (uniform-random policy {np.mean(random_returns):.2f})"
             )
+        finished = sorted(finished + batch)
+        stream = {"tasks_done": finished, **generator_state()}
+        atomic_write(stream_path, lambda p: torch.save(stream, p), suffix=".pt")
         update_metadata(args, obs_dim, act_dim, entries)
         print(f"tasks {batch}: written to {out} in {time.time() - batch_start:,.0f} s")
     skipped = len(task_ids) - len(todo)

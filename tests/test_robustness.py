@@ -5,11 +5,13 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from common.datasets import task_file  # noqa: E402
 from test_algorithms import SCRIPTS, TINY, load_results, run  # noqa: E402
 
 
@@ -148,3 +150,32 @@ def test_an_interrupted_first_collection_resumes(tmp_path):
     assert result.returncode == 0, result.stderr
     with open(os.path.join(out, "point-robot", "expert", "metadata.json")) as f:
         assert sorted(json.load(f)["tasks"]) == ["0", "1", "2", "3"]
+
+
+def test_an_interrupted_collection_writes_what_an_uninterrupted_one_writes(tmp_path):
+    import shutil
+
+    def collect(out, tasks, *extra):
+        command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--env", "point-robot", "--out-dir", str(out),
+                   "--tasks", *tasks, "--tasks-per-batch", "2", *TINY_SAC, *extra]
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    mixed = ("--behavior", "mixed", "--num-checkpoints", "2")
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    collect(straight, ["0", "1", "2"])  # batches [0, 1] and [2], one after the other in one process
+    collect(straight, ["0", "1", "2"], *mixed)
+    # cut after the first batch; then cut again in the second batch after its SAC training, before its rollouts
+    collect(cut, ["0", "1"])
+    shutil.copytree(straight / "point-robot" / "sac" / "seed_0" / "task_02", cut / "point-robot" / "sac" / "seed_0" / "task_02")
+    stdout = collect(cut, ["0", "1", "2"])
+    assert "continuing the random stream of the collection that wrote tasks [0, 1]" in stdout and "SAC done" not in stdout
+    collect(cut, ["0", "1"], *mixed)
+    collect(cut, ["0", "1", "2"], *mixed)
+    for behavior in ("expert", "mixed"):
+        for task in range(3):
+            a = np.load(task_file(str(straight), "point-robot", behavior, task))
+            b = np.load(task_file(str(cut), "point-robot", behavior, task))
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{behavior} task {task}: {key}")
