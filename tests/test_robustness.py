@@ -179,3 +179,27 @@ def test_an_interrupted_collection_writes_what_an_uninterrupted_one_writes(tmp_p
             b = np.load(task_file(str(cut), "point-robot", behavior, task))
             for key in a.files:
                 np.testing.assert_array_equal(a[key], b[key], err_msg=f"{behavior} task {task}: {key}")
+
+
+def test_a_collection_whose_replay_buffers_do_not_fit_is_refused_before_any_folder(tmp_path):
+    import collect_data
+
+    free = collect_data.available_memory(torch.device("cpu"))
+    if free is None:
+        pytest.skip("no /proc/meminfo")
+    per_step = (2 * 2 + 2 + 2) * 4  # point-robot: s, s' (2 each), a (2), r and the termination flag, float32
+    steps = int(free / 3 / per_step)  # a third of the free memory per task: 2 tasks of a batch fit, 20 do not
+    command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--env", "point-robot", "--out-dir",
+               str(tmp_path / "data"), "--sac-steps", str(steps)]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "SAC's replay buffers for 20 tasks" in result.stderr
+    assert result.stderr.strip().endswith("pass --tasks-per-batch 2") and not (tmp_path / "data").exists()
+    result = subprocess.run(command[:-1] + [str(100 * steps)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "even one task does not fit" in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_collection_on_cuda_without_cuda_is_refused(tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--device", "cuda", "--out-dir", str(tmp_path / "d")]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--device cuda" in result.stderr and not (tmp_path / "d").exists()
