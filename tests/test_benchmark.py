@@ -320,3 +320,17 @@ def test_tiny_real_run_and_report(tmp_path):
         cells = row.split(" | ")
         assert cells[1] == cells[2].rstrip(" |")
     assert (tmp_path / "runs" / "report" / "point-robot_zero_shot.png").stat().st_size > 1000
+
+
+def test_speed_times_every_script_and_the_collection(tmp_path):
+    # the GPU figures come from this command with --device cuda; on the CPU it checks that every script's update runs
+    command = [sys.executable, os.path.join(ROOT, "benchmark.py"), "speed", "--env", "point-robot", "--device", "cpu",
+               "--updates", "2", "--collect-steps", "20"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split(" | ")[0].strip("| "): line for line in result.stdout.splitlines() if line.startswith("| ")}
+    for script in ("focal", "csro", "unicorn", "gentle", "metanf", "select_omrl"):
+        cells = [c.strip() for c in rows[script].strip("|").split("|")]
+        assert cells[1] == "point-robot" and float(cells[2].replace(",", "")) > 0 and float(cells[3]) > 0.1
+    collection = [line for line in result.stdout.splitlines() if line.startswith("| point-robot | ")]
+    assert [line.split(" | ")[1] for line in collection] == ["1", "20"]
