@@ -166,6 +166,8 @@ class Report:
     """print the Meta-NF paper's Table 1 numbers under the zero-shot rows (--no-paper for data not made like the paper's)"""
     total_steps: Optional[int] = None
     """report the runs trained for this many gradient steps (if unset: each column's largest budget); budgets never mix"""
+    page_suffix: str = ""
+    """appended to the env's name in the page's and the plots' file names, e.g. -mixed: point-robot-mixed.md"""
 
 
 @dataclass
@@ -466,7 +468,7 @@ def env_report(env: str, cells: dict, command: str, paper: bool = True) -> str:
     return "\n".join(lines)
 
 
-def curves(env: str, cells: dict, out_dir: str) -> list:
+def curves(env: str, cells: dict, out_dir: str, name: str) -> list:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -506,7 +508,7 @@ def curves(env: str, cells: dict, out_dir: str) -> list:
             ax.set_ylabel("return")
             if ax.lines:  # no curves when every run of the env is an evaluation of a final checkpoint
                 ax.legend(fontsize=8)
-        save(fig, f"{env}_{protocol}.png")
+        save(fig, f"{name}_{protocol}.png")
         by_episode = {exp: [r[protocol]["by_episode"] for _, r in cells[(env, exp)].values()
                             if "by_episode" in r.get(protocol, {})] for v, exp in cells if v == env}
         if any(by_episode.values()):  # the return of each scored episode of the online phase, at the last checkpoint
@@ -522,7 +524,7 @@ def curves(env: str, cells: dict, out_dir: str) -> list:
                 ax.set_xlabel("scored episode")
                 ax.set_ylabel("return")
                 ax.legend(fontsize=8)
-            save(fig, f"{env}_{protocol}_by_episode.png")
+            save(fig, f"{name}_{protocol}_by_episode.png")
     return written
 
 
@@ -538,14 +540,14 @@ def report(args: Report):
     out_dir = args.out_dir if args.out_dir is not None else os.path.join(args.runs_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
     for env in envs:
-        page = os.path.join(out_dir, f"{env}.md")
+        page = os.path.join(out_dir, f"{env}{args.page_suffix}.md")
         inputs = report_inputs(env, cells)
         if os.path.exists(page) and not args.force and page_inputs(page) != inputs:
             raise SystemExit(f"error: {page} was made from other runs (columns, seeds, budgets or data) than these; "
                              "pass --force to overwrite it, or --out-dir another folder")
         text = f"<!-- inputs: {json.dumps(inputs, sort_keys=True)} -->\n" + env_report(env, cells, args.command, args.paper)
         if args.plots:
-            for path in curves(env, cells, out_dir):
+            for path in curves(env, cells, out_dir, f"{env}{args.page_suffix}"):
                 text += f"\n![{os.path.basename(path)}]({os.path.basename(path)})\n"
         atomic_text(page, text)
         print(f"wrote {page}")

@@ -180,6 +180,10 @@ def test_report_gives_an_online_protocol_its_own_table(tmp_path):
     assert "| 1 | -33.00 / -45.00 | — |" in table  # seed by seed
     assert "## proximal" not in text and "## one-shot" not in text  # no run reports them
     assert (tmp_path / "results" / "point-robot_non_prior.png").exists()
+    # another data set's page beside it: the suffix names the page and its plots
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "results"), plots=True, page_suffix="-mixed"))
+    assert (tmp_path / "results" / "point-robot-mixed.md").read_text().count("point-robot-mixed_non_prior.png") == 2
+    assert (tmp_path / "results" / "point-robot-mixed_non_prior.png").exists()
 
 
 def test_report_of_the_proximal_protocol_every_episode_mean_and_online_curve(tmp_path):
