@@ -167,7 +167,7 @@ class Report:
     total_steps: Optional[int] = None
     """report the runs trained for this many gradient steps (if unset: each column's largest budget); budgets never mix"""
     page_suffix: str = ""
-    """appended to the env's name in the page's and the plots' file names, e.g. -mixed: point-robot-mixed.md"""
+    """appended to the env's name in the page's and the plots' file names: --page-suffix=-mixed writes point-robot-mixed.md"""
 
 
 @dataclass
