@@ -95,8 +95,8 @@ DESCRIPTION = (
     "Train one SAC agent per task and write an offline dataset under data/ (docs/collect_data.md).\n\n"
     "Time of a default collection on a 2-core CPU, one thread, another process beside it (measured SAC steps/s of the "
     "batched model, extrapolated to the default budget): point-robot 7 min; cheetah-dir 4.5 h; cheetah-vel, "
-    "hopper-params and walker-params 44-46 h; ant-dir 49 h; humanoid-dir about 85 h, and its replay buffers (3.1 GB a "
-    "task) need --tasks-per-batch 7 in 24 GB. On a GPU: --device cuda (the default when torch sees one)."
+    "hopper-params and walker-params 44-46 h; ant-dir 49 h; humanoid-dir 83 h at its 20-task rate, but its replay "
+    "buffers (3.1 GB a task) need --tasks-per-batch 7 in 24 GB (not timed). On a GPU: --device cuda (the default when torch sees one)."
 )
 
 LOG_STD_MAX = 2
