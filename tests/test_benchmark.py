@@ -210,6 +210,32 @@ def test_report_of_the_proximal_protocol_every_episode_mean_and_online_curve(tmp
     assert not (tmp_path / "results" / "point-robot_non_prior_by_episode.png").exists()
 
 
+def test_report_paired_differences_seed_by_seed(tmp_path):
+    runs = str(tmp_path / "runs")
+    for seed, (a, b) in enumerate([(-10.0, -11.0), (-12.0, -11.5), (-9.0, -12.0)]):
+        write_run(runs, "point-robot", "select_omrl", seed, 5, a, a - 4.0, online=("non_prior", "proximal"))
+        write_run(runs, "point-robot", "csro", seed, 5, b, b - 4.0, online=("non_prior",))
+    write_run(runs, "point-robot", "select_omrl", 3, 5, 0.0, 0.0, online=("non_prior", "proximal"))  # csro lacks seed 3
+    compare = ["select_omrl csro", "select_omrl:proximal csro:non_prior"]
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "results"), plots=False, paper=False,
+                                      compare=compare))
+    table = (tmp_path / "results" / "point-robot.md").read_text().split("## Paired differences")[1].split("## Runtime")[0]
+    d = np.array([1.0, -0.5, 3.0])
+    se = d.std(ddof=1) / np.sqrt(3)  # 1.0408
+    assert (f"| select_omrl zero-shot | csro zero-shot | train | 0: +1.00, 1: -0.50, 2: +3.00 | +1.17 ± {se:.2f} (n=3) "
+            "| 2 of 3 |") in table
+    assert "| select_omrl few-shot | csro few-shot | test | 0: +2.00, 1: -1.00, 2: +6.00 |" in table  # scaled by 2
+    assert "| select_omrl non-prior | csro non-prior | train |" in table  # every protocol both report
+    assert "select_omrl proximal | csro proximal" not in table
+    se = 3 * d.std(ddof=1) / np.sqrt(3)  # both online protocols scaled by 3
+    assert f"| select_omrl proximal | csro non-prior | train | 0: +3.00, 1: -1.50, 2: +9.00 | +3.50 ± {se:.2f} (n=3) | 2 of 3 |" in table
+    for spec, message in [("select_omrl", "give two columns"), ("select_omrl focal", "no column 'focal'"),
+                          ("select_omrl:online csro:non_prior", "no protocol 'online'"),
+                          ("select_omrl:proximal csro", "on both sides or on neither")]:
+        with pytest.raises(SystemExit, match=message):
+            benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "bad"), plots=False, compare=[spec]))
+
+
 def test_archive_keeps_what_a_report_needs_and_no_checkpoint(tmp_path):
     runs = str(tmp_path / "runs")
     for seed in (0, 1):
