@@ -256,6 +256,16 @@ def test_archive_keeps_what_a_report_needs_and_no_checkpoint(tmp_path):
         benchmark.archive(benchmark.Archive(runs_dir=str(tmp_path / "empty"), out_dir=str(archived)))
 
 
+@pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, ".git")), reason="needs the git checkout")
+def test_archived_runs_are_committed_but_run_outputs_and_data_are_not():
+    def ignored(path):
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
+
+    assert not ignored("results/200k/runs/point-robot__csro__0__1/results.json")
+    assert not ignored("results/dev/runs/point-robot__metanf-dev7__0__1/events.out.tfevents.1")
+    assert ignored("runs") and ignored("data")  # (the folders themselves: here they may be links to elsewhere)
+
+
 def test_report_refuses_to_overwrite_a_page_of_other_runs_unless_forced(tmp_path):
     runs = str(tmp_path / "runs")
     for seed in (0, 1):
