@@ -572,6 +572,7 @@ def curves(env: str, cells: dict, out_dir: str, name: str) -> list:
                         ax.fill_between(episodes, values.mean(0) - values.std(0), values.mean(0) + values.std(0), alpha=0.2)
                 ax.set_title(f"{env}, {protocol.replace('_', '-')} online phase, {task_set} tasks")
                 ax.set_xlabel("scored episode")
+                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
                 ax.set_ylabel("return")
                 ax.legend(fontsize=8)
             save(fig, f"{name}_{protocol}_by_episode.png")
