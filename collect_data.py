@@ -4,7 +4,9 @@
 import json
 import math
 import os
+import pickle
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -89,6 +91,8 @@ class Args:
     """delayed actor updates: every policy_frequency steps, policy_frequency actor updates (CleanRL)"""
     checkpoint_every: Optional[int] = None
     """SAC steps between saved actor checkpoints (if unset: sac_steps // 20)"""
+    resume_every_minutes: float = 20.0
+    """minutes between saved states of a SAC run (networks, optimizers, replay buffer, envs), from which an interrupted run continues exactly; 0: never"""
 
 
 DESCRIPTION = (
@@ -237,6 +241,13 @@ class BatchedSAC:
             "update_count": self.update_count,
         }
 
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("actor", "qf1", "qf2", "qf1_target", "qf2_target", "q_optimizer", "actor_optimizer", "a_optimizer"):
+            getattr(self, name).load_state_dict(state[name])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.update_count = state["update_count"]
+
 
 class ReplayBuffer:
     """Transitions of every task of a batch, stored as (tasks, capacity, dim) tensors on the training device."""
@@ -269,6 +280,9 @@ class ReplayBuffer:
             "next_observations": self.next_observations[self.rows, index],
             "terminations": self.terminations[self.rows, index],
         }
+
+
+BUFFER_FIELDS = ("observations", "actions", "rewards", "next_observations", "terminations")
 
 
 class EpisodeRecorder:
@@ -358,6 +372,41 @@ def trained_sac_matches(args: Args, task_id: int, task: dict) -> bool:
     return all(os.path.exists(os.path.join(sac_dir(args, task_id), f"actor_step{s}.pt")) for s in checkpoint_steps(args))
 
 
+def resume_dir(args: Args, task_ids: list) -> str:
+    name = "resume_tasks_" + "_".join(f"{i:02d}" for i in task_ids)
+    return os.path.join(args.out_dir, args.env, "sac", f"seed_{args.seed}", name)
+
+
+def save_sac_state(folder: str, step: int, state: dict, rb: ReplayBuffer) -> None:
+    """The filled part of the replay buffer as one .npy file per field (numpy writes a strided view without copying it),
+    then everything else; state.pt names the step of its buffer files, so a cut between the writes leaves the last
+    state whole."""
+    for k in BUFFER_FIELDS:
+        values = getattr(rb, k)[:, : rb.size].cpu().numpy()
+        atomic_write(os.path.join(folder, f"{k}_step{step}.npy"), lambda p: np.save(p, values), suffix=".npy")
+    atomic_write(os.path.join(folder, "state.pt"), lambda p: torch.save({**state, "step": step}, p), suffix=".pt")
+    for name in os.listdir(folder):
+        if name.endswith(".npy") and not name.endswith(f"_step{step}.npy"):
+            os.remove(os.path.join(folder, name))
+
+
+def load_sac_state(folder: str, key: dict, rb: ReplayBuffer, device) -> dict:
+    """The saved state of an interrupted SAC run, its replay buffer copied into `rb` one task at a time."""
+    retry = f"remove {folder} to train this batch from the start, or use another --out-dir or --seed"
+    try:
+        state = torch.load(os.path.join(folder, "state.pt"), map_location=device, weights_only=False)  # pickles envs
+        if state["key"] != key:
+            raise SystemExit(f"error: {folder} holds an interrupted SAC run of other settings than this run's; {retry}")
+        for k in BUFFER_FIELDS:
+            values = np.load(os.path.join(folder, f"{k}_step{state['step']}.npy"), mmap_mode="r")
+            for j in range(values.shape[0]):
+                getattr(rb, k)[j, : values.shape[1]] = torch.from_numpy(np.array(values[j]))
+    except (OSError, EOFError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as e:
+        raise SystemExit(f"error: the saved SAC state in {folder} cannot be read ({e}); {retry}")
+    rb.size = state["step"]
+    return state
+
+
 def train_sac(args, task_ids, tasks, device, writer, recorder=None):
     """Train one SAC agent per task in `task_ids` (batched); save actor checkpoints and the final full state."""
     envs = [make_env(args.env, i, args.n_tasks, args.task_seed) for i in task_ids]
@@ -371,9 +420,20 @@ def train_sac(args, task_ids, tasks, device, writer, recorder=None):
     saved_steps = set(checkpoint_steps(args))
     running, recent = np.zeros(n), [[] for _ in range(n)]
     label = f"[{args.env} tasks {task_ids[0]}..{task_ids[-1]}]"
-    start_time = time.time()
-    last_log = (0, start_time)
-    for global_step in range(args.sac_steps):
+    folder, start_step, elapsed = resume_dir(args, task_ids), 0, 0.0
+    key = json.loads(json.dumps({**sac_config(args, [tasks[i] for i in task_ids]), "replay": recorder is not None}))
+    if os.path.exists(os.path.join(folder, "state.pt")):
+        saved = load_sac_state(folder, key, rb, device)
+        agent.load_state_dict(saved["agent"])
+        envs, obs, running, recent = saved["envs"], saved["obs"], saved["running"], saved["recent"]
+        if recorder is not None:
+            recorder.__dict__.update(saved["recorder"].__dict__)
+        set_generator_state(saved["generator"])
+        start_step, elapsed = saved["step"], saved["elapsed"]
+        print(f"{label} resuming SAC at step {start_step:,} from {folder}", flush=True)
+    start_time = time.time() - elapsed
+    last_log, last_save = (start_step, time.time()), time.time()
+    for global_step in range(start_step, args.sac_steps):
         if global_step < args.learning_starts:
             actions = np.stack([env.action_space.sample() for env in envs])
         else:
@@ -421,6 +481,15 @@ def train_sac(args, task_ids, tasks, device, writer, recorder=None):
             if global_step >= args.learning_starts:
                 for k, v in log.items():
                     writer.add_scalar(k, v.item(), step)
+        if 0 < args.resume_every_minutes * 60 <= time.time() - last_save and step < args.sac_steps:
+            state = {"key": key, "agent": agent.state_dict(), "envs": envs, "obs": obs, "running": running,
+                     "recent": recent, "recorder": recorder, "generator": generator_state(),
+                     "elapsed": time.time() - start_time}
+            try:
+                save_sac_state(folder, step, state, rb)
+            except OSError as e:  # e.g. a full disk: the run goes on, only resumability is lost
+                print(f"warning: the SAC state could not be saved in {folder} ({e})", file=sys.stderr)
+            last_save = time.time()
     # the stream where the rollouts start, so that rollouts resumed with these checkpoints continue it (see __main__)
     after_sac = {"sac_batch": list(task_ids), "behavior": args.behavior, **generator_state()}
     state = agent.state_dict()
@@ -430,6 +499,7 @@ def train_sac(args, task_ids, tasks, device, writer, recorder=None):
         per_task["log_alpha"] = state["log_alpha"][j : j + 1].cpu()
         atomic_write(os.path.join(sac_dir(args, i), "sac_final.pt"), lambda p: torch.save(per_task, p), suffix=".pt")
         atomic_write_json(os.path.join(sac_dir(args, i), "config.json"), sac_config(args, tasks[i]))
+    shutil.rmtree(folder, ignore_errors=True)
     checkpoint_dir = os.path.dirname(sac_dir(args, task_ids[0]))
     print(f"{label} SAC done in {time.time() - start_time:,.0f} s; checkpoints in {checkpoint_dir}")
     return rb

@@ -203,3 +203,54 @@ def test_a_collection_on_cuda_without_cuda_is_refused(tmp_path):
     command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--device", "cuda", "--out-dir", str(tmp_path / "d")]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "--device cuda" in result.stderr and not (tmp_path / "d").exists()
+
+
+def test_an_interrupted_sac_run_continues_exactly_from_its_saved_state(tmp_path, monkeypatch, capsys):
+    import collect_data
+    from torch.utils.tensorboard import SummaryWriter
+
+    tasks = collect_data.get_tasks("cheetah-vel", 20, 1337)
+
+    def train(out, minutes, batch_size=16):
+        """SAC of cheetah-vel tasks 3 and 5 (MuJoCo envs cut mid-episode), with the replay behaviour's recorder."""
+        args = collect_data.Args(env="cheetah-vel", out_dir=str(out), sac_steps=120, learning_starts=40,
+                                 batch_size=batch_size, hidden_dim=32, checkpoint_every=60, resume_every_minutes=minutes)
+        torch.manual_seed(0)
+        recorder = collect_data.EpisodeRecorder(2, args.sac_steps, 20, 6, store_transitions=False)
+        with SummaryWriter(str(out / "tb")) as writer:
+            rb = collect_data.train_sac(args, [3, 5], tasks, torch.device("cpu"), writer, recorder)
+        finals = [torch.load(os.path.join(collect_data.sac_dir(args, i), "sac_final.pt")) for i in (3, 5)]
+        return finals, rb, recorder, collect_data.resume_dir(args, [3, 5])
+
+    straight, straight_rb, straight_recorder, _ = train(tmp_path / "straight", 0)
+    update, calls = collect_data.BatchedSAC.update, []
+
+    def killed_at_the_50th_update(self, batch):  # the 50th update is at step 90 (updates begin at step 41)
+        calls.append(1)
+        if len(calls) == 50:
+            raise KeyboardInterrupt
+        return update(self, batch)
+
+    monkeypatch.setattr(collect_data.BatchedSAC, "update", killed_at_the_50th_update)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "cut", 1e-9)  # a state saved after every step
+    monkeypatch.setattr(collect_data.BatchedSAC, "update", update)
+    folder = collect_data.resume_dir(collect_data.Args(env="cheetah-vel", out_dir=str(tmp_path / "cut")), [3, 5])
+    assert torch.load(os.path.join(folder, "state.pt"), weights_only=False)["step"] == 89
+    assert sorted(f for f in os.listdir(folder) if f.endswith(".npy")) == sorted(
+        f"{k}_step89.npy" for k in collect_data.BUFFER_FIELDS)  # the older steps' buffer files are gone
+    with pytest.raises(SystemExit, match="interrupted SAC run of other settings"):
+        train(tmp_path / "cut", 1e-9, batch_size=8)
+    resumed, resumed_rb, resumed_recorder, folder = train(tmp_path / "cut", 1e-9)
+    assert "resuming SAC at step 89" in capsys.readouterr().out and not os.path.exists(folder)
+
+    def tensors(final: dict) -> dict:  # the weights of every network of a task's final SAC state, and its log_alpha
+        return {f"{k}.{n}": t for k, v in final.items() for n, t in (v.items() if isinstance(v, dict) else [("", v)])}
+
+    for a, b in zip(straight, resumed):
+        a, b = tensors(a), tensors(b)
+        assert a.keys() == b.keys() and len(a) == 33 and all(torch.equal(a[k], b[k]) for k in a)
+    for k in collect_data.BUFFER_FIELDS:
+        assert torch.equal(getattr(straight_rb, k), getattr(resumed_rb, k))
+    for k, v in straight_recorder.arrays.items():
+        np.testing.assert_array_equal(v, resumed_recorder.arrays[k], err_msg=k)
