@@ -1,0 +1,68 @@
+"""The scripts under results/ that turn logs into the numbers of a results page."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAC_CURVE = os.path.join(ROOT, "results", "cheetah-vel", "sac_curve.py")
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_episodes(folder, returns_of_task, first_step, last_step, episode_steps=200):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(folder)
+    for end in range(first_step + episode_steps, last_step + 1, episode_steps):
+        for task, returns in returns_of_task.items():
+            writer.add_scalar(f"charts/task_{task:02d}/episodic_return", returns(end), end - 1)  # logged 0-based
+    writer.close()
+
+
+def test_sac_budget_rule_on_a_cut_and_resumed_run(tmp_path):
+    sac_curve = load(SAC_CURVE)
+    # task 9 is flat from 30k steps on; task 13 is 4% below its final level from 60k to 80k steps, then at it.
+    # The run was cut at 70k steps after its state was saved at 55k (the cut run's episodes past 55k are garbage here),
+    # and resumed from 55k: the resumed folder's timestamp 1000 sorts after 999 only as a number.
+    task_9 = lambda end: -100.0 if end <= 30_000 else 0.0
+    task_13 = lambda end: -100.0 if end <= 60_000 else (-4.0 if end <= 80_000 else 0.0)
+    garbage = lambda end: -999.0 if end > 55_000 else min(task_9(end), task_13(end))
+    write_episodes(tmp_path / "cheetah-vel__collect_data_expert__0__999", {9: task_9, 13: garbage}, 0, 55_000)
+    write_episodes(tmp_path / "cheetah-vel__collect_data_expert__0__999", {9: garbage, 13: garbage}, 55_000, 70_000)
+    write_episodes(tmp_path / "cheetah-vel__collect_data_expert__0__1000", {9: task_9, 13: task_13}, 55_000, 100_000)
+    curves = sac_curve.read_curves(str(tmp_path))
+    assert sorted(curves) == [9, 13]
+    assert len(curves[9]) == 500 and curves[13][69_999] == -4.0  # the resumed run's episodes replace the cut run's
+    assert sac_curve.window_mean(curves[13], 10_000, 10_000) == -100.0  # 50 episodes that end at steps 200 .. 10 000
+    assert sac_curve.window_mean(curves[13], 75_000, 10_000) == -4.0
+    budget, rows = sac_curve.choose_budget(curves, 100_000, 10_000, 25_000, 0.05)
+    # 25k: both at -100 (100% to come); 50k: task 9 at 0 but task 13 at -100; 75k: task 13 at -4, 4% <= 5% to come
+    assert budget == 75_000
+    assert [(end, passes) for end, _, _, passes in rows] == [(25_000, False), (50_000, False), (75_000, True),
+                                                            (100_000, True)]
+    assert rows[2][2][13] == pytest.approx(0.04)
+    assert sac_curve.choose_budget(curves, 100_000, 10_000, 25_000, 0.03)[0] == 100_000  # 4% > 3%: only T passes
+
+
+def test_sac_curve_reads_collect_data_events(data_dir, tmp_path):
+    """On the events collect_data.py itself wrote (the 4-task fixture, 300 SAC steps, 20-step episodes)."""
+    runs = os.path.join(data_dir, "runs")
+    command = [sys.executable, SAC_CURVE, "--runs-dir", runs, "--total-steps", "300", "--window", "100", "--grid", "100",
+               "--plot", str(tmp_path / "curve.png")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| B | task 0: R(B) (still to come) | task 1:") and len(rows) == 1 + 1 + 3  # head, 100, 3 B
+    assert rows[-1].startswith("| 300 |")
+    assert os.path.getsize(tmp_path / "curve.png") > 0
+    empty = subprocess.run([sys.executable, SAC_CURVE, "--runs-dir", str(tmp_path)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert empty.returncode != 0 and "no charts/task_XX/episodic_return events" in empty.stderr
