@@ -66,3 +66,103 @@ def test_sac_curve_reads_collect_data_events(data_dir, tmp_path):
     empty = subprocess.run([sys.executable, SAC_CURVE, "--runs-dir", str(tmp_path)], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
     assert empty.returncode != 0 and "no charts/task_XX/episodic_return events" in empty.stderr
+
+
+TARGET_PAGE = """# point-robot
+
+## zero-shot
+
+| task set | focal | metanf |
+|---|---|---|
+| train | -10.42 ± 1.27 (n=3) | -11.75 ± 1.29 (n=5) |
+| test | -16.77 ± 0.98 (n=3) | -16.55 ± 1.43 (n=5) |
+| train (paper) | -12.11 ± 0.88 | -10.11 ± 0.76 |
+
+| seed | focal | metanf |
+|---|---|---|
+| 0 | -9.24 / -15.51 | -12.94 / -15.80 |
+| 3 | — | -12.99 / -19.16 |
+
+## Runtime
+
+| algorithm | seeds | gradient steps | wall time (min, mean) | updates/s (mean) |
+|---|---|---|---|---|
+| focal | 3 | 200,000 | 90.7 | 36.8 |
+| metanf | 5 | 200,000 | 180.8 | 18.4 |
+
+Machine: here.
+"""
+
+SOURCE_PAGE = """# point-robot
+
+## zero-shot
+
+| task set | metanf | metanf-no-selection_eval |
+|---|---|---|
+| train | -11.00 ± 1.00 (n=5) | -12.00 ± 1.00 (n=5) |
+| test | -16.00 ± 1.00 (n=5) | -17.00 ± 1.00 (n=5) |
+| train (paper) | -10.11 ± 0.76 | -12.40 ± 0.59 |
+| test (paper) | -14.53 ± 0.81 | -17.38 ± 1.21 |
+
+| seed | metanf | metanf-no-selection_eval |
+|---|---|---|
+| 0 | -11.00 / -16.00 | -12.00 / -17.00 |
+| 3 | -10.50 / -15.50 | -11.50 / -16.50 |
+| 4 | -11.50 / -16.50 | -12.50 / -17.50 |
+
+## one-shot
+
+| task set | metanf |
+|---|---|
+| train | -1.00 ± 0.00 (n=5) |
+
+## Runtime
+
+| algorithm | seeds | gradient steps | wall time (min, mean) | updates/s (mean) |
+|---|---|---|---|---|
+| metanf | 5 | 200,000 | 185.0 | 18.0 |
+| metanf-no-selection_eval | 5 | 200,000 | evaluation of saved checkpoints | — |
+"""
+
+
+def test_merge_columns_into_a_page_whose_runs_are_gone():
+    merge_columns = load(os.path.join(ROOT, "results", "merge_columns.py"))
+    merged = merge_columns.merge(TARGET_PAGE, SOURCE_PAGE, [("metanf", "metanf (sample)")], [("metanf", "metanf (zero)")],
+                                 "new.md")
+    assert merged == """# point-robot
+
+## zero-shot
+
+| task set | focal | metanf (zero) | metanf (sample) |
+|---|---|---|---|
+| train | -10.42 ± 1.27 (n=3) | -11.75 ± 1.29 (n=5) | -11.00 ± 1.00 (n=5) |
+| test | -16.77 ± 0.98 (n=3) | -16.55 ± 1.43 (n=5) | -16.00 ± 1.00 (n=5) |
+| train (paper) | -12.11 ± 0.88 | -10.11 ± 0.76 | -10.11 ± 0.76 |
+| test (paper) | — | — | -14.53 ± 0.81 |
+
+| seed | focal | metanf (zero) | metanf (sample) |
+|---|---|---|---|
+| 0 | -9.24 / -15.51 | -12.94 / -15.80 | -11.00 / -16.00 |
+| 3 | — | -12.99 / -19.16 | -10.50 / -15.50 |
+| 4 | — | — | -11.50 / -16.50 |
+
+## one-shot
+
+(Only the columns added from new.md.)
+
+| task set | metanf (sample) |
+|---|---|
+| train | -1.00 ± 0.00 (n=5) |
+
+## Runtime
+
+| algorithm | seeds | gradient steps | wall time (min, mean) | updates/s (mean) |
+|---|---|---|---|---|
+| focal | 3 | 200,000 | 90.7 | 36.8 |
+| metanf (zero) | 5 | 200,000 | 180.8 | 18.4 |
+| metanf (sample) | 5 | 200,000 | 185.0 | 18.0 |
+
+Machine: here.
+"""
+    with pytest.raises(SystemExit, match="not in the Runtime table"):
+        merge_columns.merge(TARGET_PAGE, SOURCE_PAGE.replace("| metanf | 5 |", "| other | 5 |"), [("metanf", "m")])
