@@ -186,7 +186,7 @@ class Speed:
     updates: int = 50
     """timed updates per algorithm (after 10 warm-up updates)"""
     collect_steps: int = 300
-    """timed SAC steps of data collection (updates from the first step), for 1 and for 20 tasks"""
+    """timed SAC steps of data collection (updates from the first step), for 1 and for 20 tasks; 0: not timed"""
 
 
 @dataclass
@@ -703,6 +703,9 @@ def envs(args: Envs):
 
 
 def speed(args: Speed):
+    if args.updates < 1 or args.collect_steps < 0:
+        raise SystemExit(f"error: --updates must be at least 1 and --collect-steps at least 0 (0: the data collection is "
+                         f"not timed); got {args.updates} and {args.collect_steps}")
     import importlib
 
     import torch
@@ -761,6 +764,8 @@ def speed(args: Speed):
         row = [name, args.env, f"{ups:,.1f}", f"{flops / 1e9:.3f}", f"{achieved / 1e9:,.1f}", f"{100 * achieved / peak:.1f}"]
         print("| " + " | ".join(row) + " |")
 
+    if args.collect_steps == 0:
+        return
     import collect_data
 
     print("\n| data collection | tasks | env steps/s (SAC updates from the first step) |\n|---|---|---|")

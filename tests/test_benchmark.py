@@ -374,3 +374,14 @@ def test_speed_times_every_script_and_the_collection(tmp_path):
         assert cells[1] == "point-robot" and float(cells[2].replace(",", "")) > 0 and float(cells[3]) > 0.1
     collection = [line for line in result.stdout.splitlines() if line.startswith("| point-robot | ")]
     assert [line.split(" | ")[1] for line in collection] == ["1", "20"]
+
+
+def test_speed_without_the_collection_and_bad_counts(tmp_path):
+    base = [sys.executable, os.path.join(ROOT, "benchmark.py"), "speed", "--env", "point-robot", "--device", "cpu",
+            "--algos", "focal"]
+    result = subprocess.run(base + ["--updates", "1", "--collect-steps", "0"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| focal | point-robot |" in result.stdout and "data collection" not in result.stdout
+    bad = subprocess.run(base + ["--collect-steps", "-1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--collect-steps at least 0" in bad.stderr
