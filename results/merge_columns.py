@@ -2,7 +2,7 @@
 # are gone (made before runs were archived), so that it cannot be generated again as a whole. Each table of the source
 # page's sections (zero-shot, few-shot, ...) gives the chosen columns to the table at the same place in the target page,
 # matched row by row on the first cell ("—" where one side has no such row); a section the target lacks is added
-# before "## Runtime"; the Runtime table gets the chosen columns' rows. Columns can be renamed on the way in
+# before "## Runtime" (at the end if there is none); the Runtime table gets the chosen columns' rows. Columns can be renamed on the way in
 # (--columns SRC=NEW) and the target's own columns renamed first (--rename OLD=NEW), e.g. when a rerun replaces a
 # column under the same experiment name. Run from the repository root, then add a provenance line to the page's
 # command block by hand:
@@ -71,7 +71,7 @@ def merge(target: str, source: str, columns: list, rename: list = (), source_nam
                     lines[i] = row([renamed.get(values[0], values[0])] + values[1:])
             else:
                 lines[table[0]] = row([renamed.get(c, c) for c in header])
-    target_sections, additions, new_sections = sections(lines), {}, []
+    target_sections, additions, new_sections, found = sections(lines), {}, [], set()
     for title, tables in sections(src).items():
         for k, table in enumerate(tables):
             header = cells(src[table[0]])
@@ -86,6 +86,7 @@ def merge(target: str, source: str, columns: list, rename: list = (), source_nam
                 continue
             index = {c: j for j, c in enumerate(header)}
             chosen = [(c, new) for c, new in columns if c in index]
+            found.update(c for c, _ in chosen)
             if not chosen:
                 continue
             by_key = {cells(src[i])[0]: cells(src[i]) for i in table[2:]}
@@ -103,16 +104,21 @@ def merge(target: str, source: str, columns: list, rename: list = (), source_nam
                 lines[i] = lines[i].rstrip() + "".join(f" {values[index[c]] if values else '—'} |" for c, _ in chosen)
             additions[rows[-1]] = [row([key] + ["—"] * (width - 1) + [values[index[c]] for c, _ in chosen])
                                    for key, values in by_key.items()]
+    missing = [c for c, _ in columns if c not in found]
+    if missing:
+        raise SystemExit(f"error: {missing} not a column of any table of {source_name}")
+    added = []
+    for title in dict.fromkeys(t for t, _, _ in new_sections):
+        added += [f"## {title}", "", f"(Only the columns added from {source_name}.)", ""]
+        for _, _, block in [s for s in new_sections if s[0] == title]:
+            added += block + [""]
     out = []
     for i, line in enumerate(lines):
         if line.startswith("## ") and line[3:].strip() == "Runtime":
-            for title in dict.fromkeys(t for t, _, _ in new_sections):
-                out += [f"## {title}", "", f"(Only the columns added from {source_name}.)", ""]
-                for _, _, block in [s for s in new_sections if s[0] == title]:
-                    out += block + [""]
+            out, added = out + added, []
         out.append(line)
         out += additions.get(i, [])
-    return "\n".join(out) + "\n"
+    return "\n".join(out + ([""] + added if added else [])) + "\n"
 
 
 if __name__ == "__main__":

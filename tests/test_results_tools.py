@@ -164,5 +164,9 @@ def test_merge_columns_into_a_page_whose_runs_are_gone():
 
 Machine: here.
 """
+    with pytest.raises(SystemExit, match="not a column of any table"):
+        merge_columns.merge(TARGET_PAGE, SOURCE_PAGE.split("## Runtime")[0], [("metnaf", "m")])
+    without_runtime = merge_columns.merge(TARGET_PAGE.split("## Runtime")[0], SOURCE_PAGE, [("metanf", "m")])
+    assert without_runtime.rstrip().endswith("| train | -1.00 ± 0.00 (n=5) |")  # the new section at the end
     with pytest.raises(SystemExit, match="not in the Runtime table"):
         merge_columns.merge(TARGET_PAGE, SOURCE_PAGE.replace("| metanf | 5 |", "| other | 5 |"), [("metanf", "m")])
