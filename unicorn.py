@@ -548,13 +548,13 @@ if __name__ == "__main__":
             sps = (step - start_step) / (time.time() - start_time)
             writer.add_scalar("charts/SPS", sps, step)
             eta = datetime.timedelta(seconds=round((args.total_steps - step) / sps))  # "1 day, 6:00:00" past 24 h
-            print(f"step {step}/{args.total_steps} | {sps:,.0f} updates/s | ETA {eta}", flush=True)
+            print(f"step {step}/{args.total_steps} | {sps:,.1f} updates/s | ETA {eta}", flush=True)
             last_log = step
         if step % args.eval_every == 0 or step == args.total_steps:
             results = run_evaluation(step)
             results["wall_time"] = earlier_wall_time + time.time() - start_time  # of the whole run, resumed or not
             results["updates_per_second"] = (step - start_step) / (time.time() - start_time)
-            print(f"step {step}: {results['updates_per_second']:,.0f} updates/s", flush=True)
+            print(f"step {step}: {results['updates_per_second']:,.1f} updates/s", flush=True)
             if args.save_model:
                 state = {
                     "algorithm": ALGORITHM,
