@@ -680,6 +680,12 @@ if __name__ == "__main__":
         dataset = load_dataset(args.env, args.behavior, args.data_dir, task_ids, args.n_tasks, args.task_seed)
     except DatasetError as e:
         raise SystemExit(f"error: {e}")
+    data_fingerprint = dataset.fingerprint()
+    if checkpoint and checkpoint.get("data_fingerprint", data_fingerprint) != data_fingerprint:  # absent: older checkpoints
+        mismatch = f"--checkpoint {args.checkpoint}: its run trained on other data than {args.data_dir} holds for {args.env}"
+        if not args.eval_only:
+            fail(f"{mismatch}; resume it with --data-dir set to the data it trained on, or start a new run")
+        print(f"warning: {mismatch}; it is evaluated with these", flush=True)
     interrupted = checkpoint is not None and not args.eval_only and checkpoint["step"] < checkpoint["args"]["total_steps"]
     if interrupted:  # the run goes on in its own folder; a finished run trained further gets a new one
         run_dir = os.path.dirname(os.path.abspath(args.checkpoint))
@@ -795,6 +801,7 @@ if __name__ == "__main__":
                     "agent": agent.state_dict(),
                     "obs_mean": obs_mean,
                     "obs_std": obs_std,
+                    "data_fingerprint": data_fingerprint,
                     "rng_state": torch.get_rng_state(),
                     "cuda_rng_state": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                     "numpy_rng_state": np.random.get_state(),

@@ -3,6 +3,7 @@
 #
 # Layout: {root}/{env}/{behavior}/task_{id:02d}.npz and {root}/{env}/{behavior}/metadata.json. Field names follow
 # Minari (terminations and truncations kept apart); each row is one transition (s, a, r, s').
+import hashlib
 import json
 import os
 import shlex
@@ -128,6 +129,16 @@ class OfflineDataset:
     @property
     def act_dim(self) -> int:
         return self.metadata["act_dim"]
+
+    def fingerprint(self) -> str:
+        """A digest of the loaded tasks' arrays: the same for the same data wherever they lie, another if a value differs."""
+        digest = hashlib.sha256()
+        for task_id in sorted(self.tasks):
+            for name in sorted(self.tasks[task_id]):
+                array = np.ascontiguousarray(self.tasks[task_id][name])
+                digest.update(f"{task_id}/{name}/{array.dtype.str}/{array.shape}".encode())
+                digest.update(array.view(np.uint8).reshape(-1))
+        return digest.hexdigest()[:16]
 
 
 def load_dataset(

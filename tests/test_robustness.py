@@ -2,6 +2,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from common.datasets import task_file  # noqa: E402
-from test_algorithms import SCRIPTS, TINY, load_results, run  # noqa: E402
+from test_algorithms import SCRIPTS, TINY, load_results, run, tiny  # noqa: E402
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -81,6 +82,28 @@ def test_a_flag_that_contradicts_the_checkpoint_is_an_error_that_names_it(data_d
     # the same value as the run's is no contradiction, and an evaluation option may change with --eval-only
     run("focal", tmp_path, "--checkpoint", path, "--eval-only", "--seed", "0", "--eval-episodes", "1")
 
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_checkpoint_resumes_only_on_the_data_it_trained_on(script, data_dir, tmp_path):
+    run(script, tmp_path, *tiny(script), "--data-dir", data_dir)
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / f"point-robot__{script}__0__*"))
+    path = os.path.join(run_dir, "checkpoint.pt")
+    same, other = tmp_path / "same", tmp_path / "other"
+    for copy in (same, other):
+        shutil.copytree(os.path.join(data_dir, "point-robot", "expert"), copy / "point-robot" / "expert")
+    task = dict(np.load(task_file(str(other), "point-robot", "expert", 1)))
+    task["rewards"][7] += 1e-3  # one value of one task, nothing a shape or count check could see
+    np.savez(task_file(str(other), "point-robot", "expert", 1), **task)
+
+    result = run(script, tmp_path, "--checkpoint", path, "--total-steps", "60", "--data-dir", str(other), check=False)
+    assert result.returncode == 2 and "its run trained on other data than" in result.stderr
+    assert "--data-dir" in result.stderr and len(glob.glob(str(tmp_path / "runs" / "*"))) == 1
+    result = run(script, tmp_path, "--checkpoint", path, "--eval-only", "--eval-episodes", "1", "--data-dir", str(other))
+    assert "warning: --checkpoint" in result.stdout and "its run trained on other data than" in result.stdout
+    run(script, tmp_path, "--checkpoint", path, "--total-steps", "60", "--data-dir", str(same))  # a copy is the same data
+    (trained_further,) = set(glob.glob(str(tmp_path / "runs" / f"point-robot__{script}__0__*"))) - {run_dir}
+    assert load_results(trained_further)["step"] == 60
 
 
 def test_docs_cite_only_files_of_the_repository():
