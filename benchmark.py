@@ -607,18 +607,20 @@ def report(args: Report):
 
 
 def report_inputs(env: str, cells: dict) -> dict:
-    """What a page is made of: per column its seeds, budget and data (behavior and task set, from each run's args.json)."""
+    """What a page is made of: per column its seeds, budget and data (behavior and task set, from each run's args.json,
+    and the fingerprint of the data's values where results.json has one)."""
     inputs = {}
     for (e, exp), runs in cells.items():
         if e != env:
             continue
         data = set()
-        for run_dir, _ in runs.values():
+        for run_dir, results in runs.values():
             path = os.path.join(run_dir, "args.json")
             if os.path.exists(path):
                 with open(path) as f:
                     saved = json.load(f)
-                data.add(f"{saved.get('behavior')}, task seed {saved.get('task_seed')}")
+                fingerprint = f", data {results['data_fingerprint']}" if "data_fingerprint" in results else ""
+                data.add(f"{saved.get('behavior')}, task seed {saved.get('task_seed')}{fingerprint}")
         total_steps = {results["total_steps"] for _, results in runs.values()}
         inputs[exp] = {"seeds": sorted(runs), "total_steps": sorted(total_steps), "data": sorted(data)}
     return inputs

@@ -728,7 +728,8 @@ if __name__ == "__main__":
     task_sets = {"train": (train_ids, train_sampler), "test": (test_ids, test_sampler)}
 
     def run_evaluation(step: int) -> dict:
-        results = {"algorithm": ALGORITHM, "env": args.env, "seed": args.seed, "step": step, "total_steps": args.total_steps}
+        results = {"algorithm": ALGORITHM, "env": args.env, "seed": args.seed, "step": step, "total_steps": args.total_steps,
+                   "data_fingerprint": data_fingerprint}
         protocols = ("zero_shot", "few_shot", "non_prior") + (("proximal",) if args.proximal else ())
         for protocol in protocols:
             results[protocol] = {}

@@ -106,6 +106,9 @@ def test_smoke_outputs(trained, script):
     assert ("value_net" in checkpoint["agent"]) == (script == "select_omrl")
     # every random generator the scripts draw from, so that a resumed run goes on with the same streams
     assert {"rng_state", "cuda_rng_state", "numpy_rng_state", "python_rng_state"} <= set(checkpoint)
+    # the data the numbers come from, and that a resume must find again (a sha256 prefix of the loaded arrays)
+    assert results["data_fingerprint"] == checkpoint["data_fingerprint"] and len(checkpoint["data_fingerprint"]) == 16
+    int(checkpoint["data_fingerprint"], 16)
     with open(os.path.join(run_dir, "args.json")) as f:
         assert json.load(f)["total_steps"] == 40
 

@@ -11,10 +11,15 @@ sys.path.insert(0, ROOT)
 import benchmark  # noqa: E402
 
 
-def write_run(runs_dir, env, exp, seed, stamp, zero_train, zero_test, step=100, total=100, checkpoint=None, online=()):
+def write_run(runs_dir, env, exp, seed, stamp, zero_train, zero_test, step=100, total=100, checkpoint=None, online=(),
+              data=None):
     run_dir = os.path.join(runs_dir, f"{env}__{exp}__{seed}__{stamp}")
     os.makedirs(run_dir)
     results = {"algorithm": exp.split("-")[0], "env": env, "seed": seed, "step": step, "total_steps": total}
+    if data:  # the run's data: its fingerprint in results.json, behavior and task set in args.json
+        results["data_fingerprint"] = data
+        with open(os.path.join(run_dir, "args.json"), "w") as f:
+            json.dump({"behavior": "expert", "task_seed": 1337}, f)
     if checkpoint:  # an --eval-only run
         results["checkpoint"] = checkpoint
     else:
@@ -281,6 +286,22 @@ def test_report_refuses_to_overwrite_a_page_of_other_runs_unless_forced(tmp_path
     assert "(n=3)" in (tmp_path / "results" / "point-robot.md").read_text()
     benchmark.report(benchmark.Report(runs_dir=runs, plots=False))
     assert (tmp_path / "runs" / "report" / "point-robot.md").exists()  # the default: under the runs folder
+
+
+def test_a_page_records_the_data_of_its_runs(tmp_path):
+    runs, out = str(tmp_path / "runs"), str(tmp_path / "results")
+    for seed in (0, 1):
+        write_run(runs, "point-robot", "focal", seed, 5, -10.0, -15.0, data="3889cba0e12c7227")
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=out, plots=False))
+    page = os.path.join(out, "point-robot.md")
+    assert benchmark.page_inputs(page)["focal"]["data"] == ["expert, task seed 1337, data 3889cba0e12c7227"]
+    # the same seeds again, one of them trained on another copy of the data: other inputs, so not overwritten unasked
+    write_run(runs, "point-robot", "focal", 1, 6, -10.0, -15.0, data="020f0d4e6edab635")
+    with pytest.raises(SystemExit, match="pass --force to overwrite it"):
+        benchmark.report(benchmark.Report(runs_dir=runs, out_dir=out, plots=False))
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=out, plots=False, force=True))
+    assert benchmark.page_inputs(page)["focal"]["data"] == [
+        "expert, task seed 1337, data 020f0d4e6edab635", "expert, task seed 1337, data 3889cba0e12c7227"]
 
 
 def test_report_never_mixes_budgets(tmp_path):
