@@ -9,14 +9,17 @@
 #           can be committed, so that a report can be made again when runs/ is gone
 import ast
 import glob
+import importlib
 import json
 import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -124,6 +127,8 @@ class Run:
     env and seed, e.g. --algos 'metanf --no-selection' --eval-of metanf"""
     workers: int = 0
     """processes run at once; 0 only prints the commands (a dry run)"""
+    progress_every: float = 300.0
+    """seconds between progress lines (each running cell's step, updates/s and time left, from its log); 0: none"""
     threads: Optional[int] = None
     """CPU threads per process (default: the machine's cores divided by the workers)"""
     runs_dir: str = "runs"
@@ -151,7 +156,7 @@ class Report:
     runs_dir: str = "runs"
     """folder holding the runs' folders"""
     out_dir: Optional[str] = None
-    """where the markdown tables and plots go (if unset: {runs_dir}/report; the committed pages are under results/)"""
+    """where the markdown tables and plots go (if unset: the folder report inside --runs-dir, runs/report by default)"""
     force: bool = False
     """overwrite a page whose inputs (columns, seeds per column, budgets, data) differ from the new one's"""
     envs: Optional[List[str]] = None
@@ -171,6 +176,8 @@ class Report:
     compare: List[str] = field(default_factory=list)
     """paired differences A − B seed by seed, each 'A B' (two columns, every protocol both report) or 'A:protocol
     B:protocol', e.g. 'select_omrl select_omrl-no-weighted-bc' 'select_omrl:proximal select_omrl:non_prior'"""
+    mixed: bool = False
+    """allow columns of different budgets or data on one page (each column's budget and data are in its table)"""
 
 
 @dataclass
@@ -223,7 +230,8 @@ def grid(args: Run) -> list:
                 cell = {"env": env, "exp_name": name, "seed": seed, "argv": command}
                 if args.eval_of:
                     cell["exp_name"] += "_eval"
-                    source = finished(args.runs_dir, {"env": env, "exp_name": args.eval_of, "seed": seed, "argv": command})
+                    source = finished(args.runs_dir, {"env": env, "exp_name": args.eval_of, "seed": seed, "argv": command},
+                                      ignore=tuple(script_module(path).EVALUATION_OPTIONS))
                     if source:
                         cell["argv"] = command + ["--eval-only", "--checkpoint", os.path.join(source, "checkpoint.pt")]
                     else:
@@ -257,6 +265,99 @@ def requested_total_steps(argv: list) -> int:
     return default_total_steps(argv[1])
 
 
+# Arguments that change neither the networks nor the random stream of training (the scripts' RESUME_OPTIONS): a run
+# made with other values of these still fills a cell. Every other argument, and the data, must be the command's.
+NON_RESULT_OPTIONS = ("exp_name", "checkpoint", "eval_only", "total_steps", "eval_every", "log_every", "checkpoint_every",
+                      "device", "save_model", "data_dir")
+_modules, _fingerprints = {}, {}
+
+
+def script_module(path: str):
+    """An algorithm script imported as a module (its definitions only: its training runs under __main__)."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    if name not in _modules:
+        sys.path.insert(0, ROOT)
+        _modules[name] = importlib.import_module(name)
+    return _modules[name]
+
+
+def command_settings(argv: list, resolve: bool = True) -> tuple:
+    """(every argument the command's script runs with, as its args.json holds them; the names the command gives)."""
+    module = script_module(argv[1])
+    flags = [a for a in argv[2:]]
+    try:
+        args = tyro.cli(module.Args, args=flags)
+    except SystemExit:
+        raise SystemExit(f"error: the script rejects the arguments of `{shlex.join(argv)}`")
+    if resolve:
+        args = module.apply_env_defaults(args)
+    names = {f.name for f in module.fields(module.Args)}
+    given = set()
+    for token in flags:
+        if token.startswith("--"):
+            name = token[2:].split("=")[0].replace("-", "_")
+            given.add(name[3:] if name not in names and name.startswith("no_") else name)
+    return json.loads(json.dumps(module.asdict(args))), given
+
+
+def data_fingerprint(settings: dict) -> Optional[str]:
+    """The fingerprint of the data a run with these settings loads (None if they cannot be loaded)."""
+    from common.datasets import DatasetError, load_dataset
+    from common.envs import train_test_split
+
+    key = tuple(settings[k] for k in ("env", "behavior", "data_dir", "n_tasks", "task_seed", "n_train"))
+    if key not in _fingerprints:
+        try:
+            train_ids, test_ids = train_test_split(settings["env"], settings["n_tasks"], settings["n_train"])
+            dataset = load_dataset(settings["env"], settings["behavior"], settings["data_dir"],
+                                   sorted(set(train_ids + test_ids)), settings["n_tasks"], settings["task_seed"])
+            _fingerprints[key] = dataset.fingerprint()
+        except (DatasetError, ValueError):
+            _fingerprints[key] = None
+    return _fingerprints[key]
+
+
+def expected_settings(cell: dict) -> dict:
+    """What a run of this cell must have been made with: the command's arguments (an evaluation: those of the
+    checkpoint's run, with the evaluation's own flags) and the data's fingerprint, under "data_fingerprint"."""
+    if "expected" not in cell:
+        argv = cell["argv"]
+        if "--eval-only" in argv:
+            checkpoint = argv[argv.index("--checkpoint") + 1]
+            with open(os.path.join(os.path.dirname(checkpoint), "args.json")) as f:
+                source = json.load(f)
+            command, given = command_settings(argv, resolve=False)
+            expected = {**source, **{k: command[k] for k in given if k not in ("eval_only", "checkpoint")}}
+            expected["evaluates"] = os.path.realpath(checkpoint)
+        else:
+            expected, _ = command_settings(argv)
+        expected["data_fingerprint"] = data_fingerprint(expected)
+        cell["expected"] = expected
+    return cell["expected"]
+
+
+def setting_differences(run_dir: str, expected: dict, ignore: tuple = ()) -> list:
+    """How a run differs from the expected settings: '--name VALUE (the command: VALUE)' per argument that changes the
+    result, the data (by fingerprint) and, for an evaluation, the checkpoint."""
+    with open(os.path.join(run_dir, "args.json")) as f:
+        saved = json.load(f)
+    results_path = os.path.join(run_dir, "results.json")
+    results = {}
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            results = json.load(f)
+    differences = [f"--{k.replace('_', '-')} {saved.get(k)!r} (the command: {v!r})" for k, v in expected.items()
+                   if k not in NON_RESULT_OPTIONS + ("data_fingerprint", "evaluates") + ignore and saved.get(k) != v]
+    fingerprint = results.get("data_fingerprint")
+    if fingerprint is None and os.path.exists(os.path.join(run_dir, "checkpoint.pt")) and not results:
+        fingerprint = expected["data_fingerprint"]  # checked by the script itself when it resumes from the checkpoint
+    if fingerprint != expected["data_fingerprint"]:
+        differences.append(f"data {fingerprint or 'not recorded'} (the command's: {expected['data_fingerprint'] or 'not found'})")
+    if "evaluates" in expected and os.path.realpath(results.get("checkpoint") or "") != expected["evaluates"]:
+        differences.append(f"evaluates {results.get('checkpoint')} (the command: {expected['evaluates']})")
+    return differences
+
+
 def log_path(runs_dir: str, cell: dict) -> str:
     return os.path.join(runs_dir, "logs", f"{cell['env']}__{cell['exp_name']}__{cell['seed']}.log")
 
@@ -280,21 +381,32 @@ def running(runs_dir: str, cell: dict) -> bool:
         return not try_lock(f)
 
 
-def finished(runs_dir: str, cell: dict, interrupted: bool = False) -> Optional[str]:
-    """The newest run folder of this cell whose results.json holds the final step (or, with interrupted, an earlier step
-    and a checkpoint.pt to resume from), trained for the command's total steps (its --total-steps or the script's default)."""
+def finished(runs_dir: str, cell: dict, interrupted: bool = False, mismatched: Optional[dict] = None,
+             ignore: tuple = ()) -> Optional[str]:
+    """The newest run folder of this cell made with the command's settings and data whose results.json holds the final
+    step (or, with interrupted, a checkpoint.pt to resume from and no final result), trained for the command's total
+    steps (its --total-steps or the script's default). Runs of the cell made otherwise go into mismatched, with how
+    they differ; ignore names arguments not compared (an evaluation's own, when looking for the run it evaluates)."""
     wanted = requested_total_steps(cell["argv"])
-    pattern = os.path.join(runs_dir, f"{cell['env']}__{cell['exp_name']}__{cell['seed']}__*", "results.json")
+    pattern = os.path.join(runs_dir, f"{cell['env']}__{cell['exp_name']}__{cell['seed']}__*", "args.json")
     for path in sorted(glob.glob(pattern), reverse=True):
+        run_dir = os.path.dirname(path)
+        results_path, has_checkpoint = os.path.join(run_dir, "results.json"), os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
+        results = None
+        if os.path.exists(results_path):
+            with open(results_path) as f:
+                results = json.load(f)
         with open(path) as f:
-            results = json.load(f)
-        if results["total_steps"] != wanted:
+            total_steps = (results or json.load(f))["total_steps"]
+        done = results is not None and results["step"] == results["total_steps"]
+        if total_steps != wanted or (interrupted and (done or not has_checkpoint)) or (not interrupted and not done):
             continue
-        if not interrupted and results["step"] == results["total_steps"]:
-            return os.path.dirname(path)
-        has_checkpoint = os.path.exists(path.replace("results.json", "checkpoint.pt"))
-        if interrupted and results["step"] < results["total_steps"] and has_checkpoint:
-            return os.path.dirname(path)
+        differences = setting_differences(run_dir, expected_settings(cell), ignore)
+        if differences:
+            if mismatched is not None:
+                mismatched[run_dir] = differences
+            continue
+        return run_dir
     return None
 
 
@@ -323,11 +435,14 @@ def run_grid(args: Run):
             log = log_path(args.runs_dir, cell)
             print(f"skip (running in another benchmark process, log {log}): {shlex.join(cell['argv'])}", flush=True)
             continue
-        done = finished(args.runs_dir, cell)
+        mismatched = {}
+        done = finished(args.runs_dir, cell, mismatched=mismatched)
         if done:
             print(f"skip (finished in {done}): {shlex.join(cell['argv'])}", flush=True)
             continue
-        stopped = finished(args.runs_dir, cell, interrupted=True)
+        stopped = finished(args.runs_dir, cell, interrupted=True, mismatched=mismatched)
+        for run_dir, differences in mismatched.items():
+            print(f"not reused: {run_dir} was made with other settings: {'; '.join(differences)}", flush=True)
         if stopped:  # goes on from its last checkpoint, in its own folder
             cell["argv"] = cell["argv"] + ["--checkpoint", os.path.join(stopped, "checkpoint.pt")]
             print(f"resume (interrupted in {stopped}): {shlex.join(cell['argv'])}", flush=True)
@@ -351,11 +466,15 @@ def run_grid(args: Run):
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     os.makedirs(os.path.join(args.runs_dir, "logs"), exist_ok=True)
 
+    processes, stopping = {}, []  # the running training processes by log path; the signal that stops the grid
+
     def execute(cell):
         log = log_path(args.runs_dir, cell)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         start = time.time()
         with open(log, "a") as f:  # a cell's earlier runs (other budgets, interrupted parts) keep their logs
+            if stopping:
+                return cell, None, log
             if not try_lock(f):  # held while the run lasts, so that a second grid never trains the same run at the same time
                 print(f"skip (started meanwhile by another benchmark process): {shlex.join(cell['argv'])}", flush=True)
                 return cell, None, log
@@ -365,13 +484,41 @@ def run_grid(args: Run):
                 return cell, None, log
             f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(cell['argv'])}\n")
             f.flush()
-            returncode = subprocess.run(cell["argv"], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-        outcome = "done" if returncode == 0 else "FAILED"
+            print(f"start {cell['env']}__{cell['exp_name']}__{cell['seed']} (log {log}): {shlex.join(cell['argv'])}", flush=True)
+            process = subprocess.Popen(cell["argv"], stdout=f, stderr=subprocess.STDOUT, env=env)
+            processes[log] = process
+            returncode = process.wait()
+            processes.pop(log)
+        outcome = "done" if returncode == 0 else "STOPPED" if stopping else "FAILED"
         print(f"{outcome} in {time.time() - start:,.0f} s: {shlex.join(cell['argv'])}", flush=True)
         return cell, returncode, log
 
-    with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        outcomes = list(pool.map(execute, todo))
+    def stop(signum, frame):  # the training processes save a checkpoint and exit; a later `run` resumes them
+        stopping.append(signum)
+        print(f"{signal.Signals(signum).name}: stopping {len(processes)} run(s), each saves a checkpoint", flush=True)
+        for process in list(processes.values()):
+            process.send_signal(signal.SIGTERM)
+
+    def report_progress(done: threading.Event):
+        while not done.wait(args.progress_every):
+            for log in list(processes):
+                line = last_progress_line(log)
+                if line:
+                    print(f"{os.path.basename(log)[: -len('.log')]}: {line}", flush=True)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    all_done = threading.Event()
+    if args.progress_every > 0:
+        threading.Thread(target=report_progress, args=(all_done,), daemon=True).start()
+    try:
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            outcomes = list(pool.map(execute, todo))
+    finally:
+        all_done.set()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopping:
+        raise SystemExit(128 + stopping[0])
     failures = [(cell, log) for cell, returncode, log in outcomes if returncode not in (0, None)]
     ran = sum(returncode is not None for _, returncode, _ in outcomes)
     print(f"{ran - len(failures)} of {ran} runs succeeded")
@@ -381,6 +528,14 @@ def run_grid(args: Run):
         print(f"  not run: {message}")
     if failures or missing:
         raise SystemExit(1)
+
+
+def last_progress_line(log: str) -> Optional[str]:
+    """The newest 'step N/T | R updates/s | ETA ...' line of a log (its last 8 kB), or None."""
+    with open(log, "rb") as f:
+        f.seek(max(0, os.path.getsize(log) - 8192))
+        lines = f.read().decode(errors="replace").splitlines()
+    return next((line for line in reversed(lines) if line.startswith("step ") and "/s |" in line), None)
 
 
 def collect_runs(runs_dir: str, total_steps: Optional[int] = None) -> dict:
@@ -404,6 +559,36 @@ def collect_runs(runs_dir: str, total_steps: Optional[int] = None) -> dict:
         if budget in by_budget:
             cells[key] = by_budget[budget]
     return cells
+
+
+def column_data(runs: dict) -> dict:
+    """{seed: (the settings that change a result, data fingerprint)} of a column's runs, from args.json and results.json."""
+    out = {}
+    for seed, (run_dir, results) in runs.items():
+        path, saved = os.path.join(run_dir, "args.json"), {}
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+        out[seed] = ({k: v for k, v in saved.items() if k not in NON_RESULT_OPTIONS + ("seed",)},
+                     results.get("data_fingerprint"))
+    return out
+
+
+def column_problems(runs: dict) -> list:
+    """How the runs of one column differ from each other: an argument that changes the result, or the data."""
+    data = column_data(runs)
+    names = sorted(set().union(*(settings for settings, _ in data.values())))
+    problems = [f"--{k.replace('_', '-')}: " + ", ".join(f"seed {s} {v[0].get(k)!r}" for s, v in data.items())
+                for k in names if len({json.dumps(v[0].get(k)) for v in data.values()}) > 1]
+    if len({fingerprint for _, fingerprint in data.values()}) > 1:
+        problems.append("data: " + ", ".join(f"seed {s} {v[1]}" for s, v in data.items()))
+    return problems
+
+
+def column_budget_and_data(runs: dict) -> tuple:
+    """(gradient steps, data fingerprint or None) of a column whose runs agree."""
+    (total_steps,) = {results["total_steps"] for _, results in runs.values()}
+    return total_steps, next(iter(column_data(runs).values()))[1]
 
 
 def mean_std(values) -> str:
@@ -477,6 +662,9 @@ def env_report(env: str, cells: dict, command: str, paper: bool = True, comparis
         if protocol in ONLINE_PROTOCOLS:
             lines += ["Only the algorithms whose paper has this protocol report it (— for the others).", ""]
         lines += ["| task set | " + " | ".join(algos) + " |", "|---" * (len(algos) + 1) + "|"]
+        budgets = [column_budget_and_data(cells[(env, a)]) for a in algos]
+        lines.append("| gradient steps, data | " + " | ".join(f"{steps:,}, {data or 'not recorded'}" for steps, data in budgets)
+                     + " |")
         for task_set in ("train", "test"):
             returns = [[r[protocol][task_set]["mean"] for _, r in cells[(env, a)].values() if protocol in r] for a in algos]
             row = [mean_std(values) if values else "—" for values in returns]
@@ -490,7 +678,7 @@ def env_report(env: str, cells: dict, command: str, paper: bool = True, comparis
         if protocol == "zero_shot" and paper:
             for i, task_set in enumerate(("train", "test")):
                 numbers = [PAPER_ZERO_SHOT[env].get(a.removesuffix("_eval"), (None, None))[i] or "—" for a in algos]
-                lines.append(f"| {task_set} (paper) | " + " | ".join(numbers) + " |")
+                lines.append(f"| {task_set} (paper: 5 seeds, 200,000 steps, its own data) | " + " | ".join(numbers) + " |")
         lines += ["", "Per seed, train / test (a seed gives every column the same start states and offline contexts, so "
                   "the columns compare seed by seed):", "", "| seed | " + " | ".join(algos) + " |",
                   "|---" * (len(algos) + 1) + "|"]
@@ -593,6 +781,17 @@ def report(args: Report):
     for env in envs:
         page = os.path.join(out_dir, f"{env}{args.page_suffix}.md")
         columns = [exp for e, exp in cells if e == env]
+        for exp in columns:
+            problems = column_problems(cells[(env, exp)])
+            if problems:
+                raise SystemExit(f"error: the {env} runs of column {exp} were made with different settings or data "
+                                 f"({'; '.join(problems)}); one column holds runs of one setting: remove or archive apart the "
+                                 f"runs that differ, or give them another --exp-name")
+        budgets = {exp: column_budget_and_data(cells[(env, exp)]) for exp in columns}
+        if len(set(budgets.values())) > 1 and not args.mixed:
+            listed = "; ".join(f"{exp}: {steps:,} steps, data {data}" for exp, (steps, data) in budgets.items())
+            raise SystemExit(f"error: the {env} columns differ in budget or data ({listed}); report them on pages of their "
+                             f"own (--exps, --total-steps), or pass --mixed to put them on one page")
         comparisons = [parse_comparison(spec, columns) for spec in args.compare]
         inputs = report_inputs(env, cells)
         if os.path.exists(page) and not args.force and page_inputs(page) != inputs:

@@ -3,8 +3,10 @@
 # Reference code: https://github.com/betray12138/UNICORN (representation), https://github.com/LAMDA-RL/GENTLE (TD3+BC).
 # Docs and deviations from the reference code: docs/unicorn.md
 import datetime
+import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -24,8 +26,18 @@ ALGORITHM = "unicorn"
 # With --checkpoint every argument comes from the saved run but these, which change neither the networks nor the random
 # stream of training (--total-steps trains a run further); with --eval-only also EVALUATION_OPTIONS.
 RESUME_OPTIONS = ("checkpoint", "eval_only", "exp_name", "total_steps", "eval_every", "log_every", "device", "save_model",
-                  "data_dir")
+                  "data_dir", "checkpoint_every")
 EVALUATION_OPTIONS = ("eval_episodes", "few_shot_context")
+# The valid values of every numeric argument, as intervals; check_args refuses any other before anything is written.
+ARG_RANGES = {
+    "seed": "[0, 4294967295]", "total_steps": "[1, inf)", "eval_every": "[1, inf)", "eval_episodes": "[1, inf)",
+    "log_every": "[1, inf)", "checkpoint_every": "[1, inf)", "n_tasks": "[2, inf)", "task_seed": "[0, 4294967295]",
+    "n_train": "[1, inf)", "meta_batch_size": "[1, inf)", "batch_size": "[1, inf)", "context_size": "[1, inf)",
+    "few_shot_context": "[1, inf)", "latent_dim": "[1, inf)", "hidden_dim": "[1, inf)", "encoder_hidden_dim": "[1, inf)",
+    "lr": "(0, inf)", "gamma": "[0, 1]", "tau": "(0, 1]", "reward_scale": "(0, inf)", "alpha": "[0, inf)",
+    "policy_noise": "[0, inf)", "noise_clip": "[0, inf)", "policy_frequency": "[1, inf)",
+    "beta": "[0, inf)",
+}
 
 
 @dataclass
@@ -51,7 +63,10 @@ class Args:
     device: str = "auto"
     """torch device; auto: cuda when available"""
     save_model: bool = True
-    """save a checkpoint (every network, optimizer and the normalization statistics) at each evaluation"""
+    """save a checkpoint (every network, optimizer, random state and the normalization statistics) at each evaluation,
+    every --checkpoint-every steps and when Ctrl-C or SIGTERM stops the run"""
+    checkpoint_every: int = 5_000
+    """gradient steps between checkpoints besides those of the evaluations"""
     checkpoint: Optional[str] = None
     """a checkpoint.pt to resume training from, or to evaluate with --eval-only"""
     eval_only: bool = False
@@ -379,17 +394,23 @@ def fail(message: str):
     raise SystemExit(2)
 
 
+def in_interval(value, interval: str) -> bool:
+    """Whether a number lies in an interval written like '[1, inf)' or '(0, 1]'."""
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    above = low <= value if interval[0] == "[" else low < value
+    return math.isfinite(value) and above and (value <= high if interval[-1] == "]" else value < high)
+
+
 def check_args(args: Args):
     """Refuse, before anything is written, what cannot run."""
     if args.env not in ENV_NAMES:
         fail(f"--env {args.env}: unknown; valid names are: {', '.join(ENV_NAMES)}")
     if args.eval_only and args.checkpoint is None:
         fail("--eval-only needs --checkpoint PATH")
-    for name in ("total_steps", "eval_every", "log_every", "eval_episodes", "batch_size", "n_tasks", "context_size",
-                 "few_shot_context", "latent_dim", "hidden_dim", "encoder_hidden_dim", "meta_batch_size"):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            fail(f"--{name.replace('_', '-')} {value}: must be a positive integer")
+    for field in fields(Args):
+        value, valid = getattr(args, field.name), ARG_RANGES.get(field.name)
+        if valid and value is not None and not in_interval(value, valid):
+            fail(f"--{field.name.replace('_', '-')} {value}: must lie in {valid}")
     try:
         train_test_split(args.env, args.n_tasks, args.n_train)
     except ValueError as e:
@@ -462,6 +483,9 @@ if __name__ == "__main__":
         if not args.eval_only:
             fail(f"{mismatch}; resume it with --data-dir set to the data it trained on, or start a new run")
         print(f"warning: {mismatch}; it is evaluated with these", flush=True)
+    if checkpoint and not args.eval_only and checkpoint["step"] >= args.total_steps:
+        fail(f"--checkpoint {args.checkpoint}: its run has finished its {checkpoint['step']:,} steps; pass a larger "
+             f"--total-steps to train it further, or --eval-only to evaluate it")
     interrupted = checkpoint is not None and not args.eval_only and checkpoint["step"] < checkpoint["args"]["total_steps"]
     if interrupted:  # the run goes on in its own folder; a finished run trained further gets a new one
         run_dir = os.path.dirname(os.path.abspath(args.checkpoint))
@@ -534,8 +558,17 @@ if __name__ == "__main__":
         f"{len(test_ids)} test tasks, {args.total_steps - start_step:,} gradient steps on {device}; logs in {run_dir}",
         flush=True,
     )
-    start_time, last_log = time.time(), start_step
+    start_time, last_log, evaluation_time, evaluations = time.time(), start_step, 0.0, 0
     earlier_wall_time = checkpoint.get("wall_time", 0.0) if checkpoint else 0.0
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    stop_signal = []  # Ctrl-C or SIGTERM: the run saves a checkpoint at the end of its current step and exits
+
+    def request_stop(signum, frame):
+        stop_signal.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
     for global_step in range(start_step, args.total_steps):
         task_idx = torch.randint(len(train_ids), (args.meta_batch_size,), device=device)
         batch = train_sampler.sample(task_idx, args.batch_size)
@@ -552,31 +585,45 @@ if __name__ == "__main__":
                 )
             for k, v in values.items():
                 writer.add_scalar(k, v, step)
-            sps = (step - start_step) / (time.time() - start_time)
-            writer.add_scalar("charts/SPS", sps, step)
-            eta = datetime.timedelta(seconds=round((args.total_steps - step) / sps))  # "1 day, 6:00:00" past 24 h
-            print(f"step {step}/{args.total_steps} | {sps:,.1f} updates/s | ETA {eta}", flush=True)
+            elapsed = time.time() - start_time
+            writer.add_scalar("charts/SPS", (step - start_step) / elapsed, step)
+            update_rate = (step - start_step) / max(elapsed - evaluation_time, 1e-9)  # evaluations apart
+            evaluations_left = args.total_steps // args.eval_every - (step - 1) // args.eval_every + (
+                args.total_steps % args.eval_every != 0)
+            seconds_left = (args.total_steps - step) / update_rate + evaluations_left * evaluation_time / max(evaluations, 1)
+            eta = datetime.timedelta(seconds=round(seconds_left))  # "1 day, 6:00:00" past 24 h
+            print(f"step {step}/{args.total_steps} | {update_rate:,.1f} updates/s | ETA {eta}"
+                  f"{'' if evaluations else ' + evaluations'}", flush=True)
             last_log = step
-        if step % args.eval_every == 0 or step == args.total_steps:
+        evaluated = step % args.eval_every == 0 or step == args.total_steps
+        if evaluated:
+            evaluation_start = time.time()
             results = run_evaluation(step)
+            evaluation_time, evaluations = evaluation_time + time.time() - evaluation_start, evaluations + 1
             results["wall_time"] = earlier_wall_time + time.time() - start_time  # of the whole run, resumed or not
             results["updates_per_second"] = (step - start_step) / (time.time() - start_time)
-            print(f"step {step}: {results['updates_per_second']:,.1f} updates/s", flush=True)
-            if args.save_model:
-                state = {
-                    "algorithm": ALGORITHM,
-                    "args": asdict(args),
-                    "step": step,
-                    "agent": agent.state_dict(),
-                    "obs_mean": obs_mean,
-                    "obs_std": obs_std,
-                    "data_fingerprint": data_fingerprint,
-                    "rng_state": torch.get_rng_state(),
-                    "cuda_rng_state": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                    "numpy_rng_state": np.random.get_state(),
-                    "python_rng_state": random.getstate(),
-                    "wall_time": results["wall_time"],
-                }
-                atomic_write(os.path.join(run_dir, "checkpoint.pt"), lambda p: torch.save(state, p), suffix=".pt")
+        if args.save_model and (evaluated or step % args.checkpoint_every == 0 or stop_signal):
+            state = {
+                "algorithm": ALGORITHM,
+                "args": asdict(args),
+                "step": step,
+                "agent": agent.state_dict(),
+                "obs_mean": obs_mean,
+                "obs_std": obs_std,
+                "data_fingerprint": data_fingerprint,
+                "rng_state": torch.get_rng_state(),
+                "cuda_rng_state": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                "numpy_rng_state": np.random.get_state(),
+                "python_rng_state": random.getstate(),
+                "wall_time": earlier_wall_time + time.time() - start_time,
+            }
+            atomic_write(checkpoint_path, lambda p: torch.save(state, p), suffix=".pt")
+        if evaluated:
             atomic_write_json(os.path.join(run_dir, "results.json"), results)
+        if stop_signal:
+            writer.close()
+            saved = (f"checkpoint saved; resume with: python {sys.argv[0]} --env {args.env} --checkpoint {checkpoint_path}"
+                     if args.save_model else "no checkpoint saved (--no-save-model)")
+            print(f"stopped by {signal.Signals(stop_signal[0]).name} at step {step:,}: {saved}", flush=True)
+            raise SystemExit(128 + stop_signal[0])
     writer.close()

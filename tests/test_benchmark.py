@@ -12,14 +12,21 @@ import benchmark  # noqa: E402
 
 
 def write_run(runs_dir, env, exp, seed, stamp, zero_train, zero_test, step=100, total=100, checkpoint=None, online=(),
-              data=None):
+              data=None, flags=()):
+    """A run's results.json and args.json as its script writes them: args.json with every argument of the command
+    `{script}.py --env ENV --seed SEED --total-steps TOTAL FLAGS` (the script: exp's first word); the data fingerprint in
+    results.json is `data`, or else that of the data such a command finds (none: not recorded)."""
     run_dir = os.path.join(runs_dir, f"{env}__{exp}__{seed}__{stamp}")
     os.makedirs(run_dir)
     results = {"algorithm": exp.split("-")[0], "env": env, "seed": seed, "step": step, "total_steps": total}
-    if data:  # the run's data: its fingerprint in results.json, behavior and task set in args.json
+    script = os.path.join(ROOT, exp.split("-")[0].removesuffix("_eval") + ".py")
+    settings, _ = benchmark.command_settings([sys.executable, script, "--env", env, "--seed", str(seed), "--exp-name",
+                                              exp, "--total-steps", str(total), *flags])
+    with open(os.path.join(run_dir, "args.json"), "w") as f:
+        json.dump(settings, f)
+    data = data or benchmark.data_fingerprint(settings)
+    if data:
         results["data_fingerprint"] = data
-        with open(os.path.join(run_dir, "args.json"), "w") as f:
-            json.dump({"behavior": "expert", "task_seed": 1337}, f)
     if checkpoint:  # an --eval-only run
         results["checkpoint"] = checkpoint
     else:
@@ -125,7 +132,7 @@ def test_a_cell_finished_by_another_grid_after_planning_is_not_run_again(tmp_pat
     runs = str(tmp_path)
     answers = iter([None, None, "runs/point-robot__focal__0__2"])  # planning: neither finished nor interrupted; then finished
     monkeypatch.setattr(benchmark, "finished", lambda *a, **k: next(answers))
-    monkeypatch.setattr(benchmark.subprocess, "run", lambda *a, **k: pytest.fail("the finished cell was run again"))
+    monkeypatch.setattr(benchmark.subprocess, "Popen", lambda *a, **k: pytest.fail("the finished cell was run again"))
     benchmark.run_grid(benchmark.Run(algos=["focal"], seeds=[0], runs_dir=runs, extra="--total-steps 100", workers=1))
     out = capsys.readouterr().out
     assert "skip (finished meanwhile in runs/point-robot__focal__0__2)" in out and "0 of 0 runs succeeded" in out
@@ -295,13 +302,16 @@ def test_a_page_records_the_data_of_its_runs(tmp_path):
     benchmark.report(benchmark.Report(runs_dir=runs, out_dir=out, plots=False))
     page = os.path.join(out, "point-robot.md")
     assert benchmark.page_inputs(page)["focal"]["data"] == ["expert, task seed 1337, data 3889cba0e12c7227"]
-    # the same seeds again, one of them trained on another copy of the data: other inputs, so not overwritten unasked
+    assert "| gradient steps, data | 100, 3889cba0e12c7227 |" in open(page).read()
+    # the same seeds again, one of them trained on another copy of the data: one column never holds both copies
     write_run(runs, "point-robot", "focal", 1, 6, -10.0, -15.0, data="020f0d4e6edab635")
-    with pytest.raises(SystemExit, match="pass --force to overwrite it"):
-        benchmark.report(benchmark.Report(runs_dir=runs, out_dir=out, plots=False))
+    for force in (False, True):
+        with pytest.raises(SystemExit, match="focal were made with different settings or data .*data: seed 0 3889cba0e12c7227, "
+                                             "seed 1 020f0d4e6edab635"):
+            benchmark.report(benchmark.Report(runs_dir=runs, out_dir=out, plots=False, force=force))
+    write_run(runs, "point-robot", "focal", 0, 6, -10.0, -15.0, data="020f0d4e6edab635")  # seed 0 again on that copy
     benchmark.report(benchmark.Report(runs_dir=runs, out_dir=out, plots=False, force=True))
-    assert benchmark.page_inputs(page)["focal"]["data"] == [
-        "expert, task seed 1337, data 020f0d4e6edab635", "expert, task seed 1337, data 3889cba0e12c7227"]
+    assert benchmark.page_inputs(page)["focal"]["data"] == ["expert, task seed 1337, data 020f0d4e6edab635"]
 
 
 def test_report_never_mixes_budgets(tmp_path):
@@ -310,10 +320,14 @@ def test_report_never_mixes_budgets(tmp_path):
         write_run(runs, "point-robot", "focal", seed, 5, -10.0 - seed, -15.0)
     write_run(runs, "point-robot", "focal", 0, 6, -8.0, -13.0, step=1000, total=1000)  # newer, and of a larger budget
     write_run(runs, "point-robot", "unicorn", 0, 5, -9.0, -14.0)
-    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "largest"), plots=False))
+    with pytest.raises(SystemExit, match="columns differ in budget or data .*focal: 1,000 steps.*unicorn: 100 steps.*--mixed"):
+        benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "largest"), plots=False))
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "largest"), plots=False, mixed=True))
     text = (tmp_path / "largest" / "point-robot.md").read_text()
     assert "| train | -8.00 ± 0.00 (n=1) | -9.00 ± 0.00 (n=1) |" in text  # each column: its largest budget
     assert "| focal | 1 | 1,000 |" in text and "| unicorn | 1 | 100 |" in text
+    assert "| gradient steps, data | 1,000, not recorded | 100, not recorded |" in text  # said in the table itself
+    assert "(paper: 5 seeds, 200,000 steps, its own data)" in text
     benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "short"), plots=False, total_steps=100))
     text = (tmp_path / "short" / "point-robot.md").read_text()
     assert "| train | -11.00 ± 0.82 (n=3) | -9.00 ± 0.00 (n=1) |" in text and "| focal | 3 | 100 |" in text
@@ -332,8 +346,9 @@ def test_report_includes_evaluations_of_final_checkpoints(tmp_path):
     assert "| task set | metanf | metanf-no-selection_eval |" in text
     assert "| train | -10.00 ± 0.00 (n=2) | -11.50 ± 0.50 (n=2) |" in text
     assert "| metanf-no-selection_eval | 2 | 100 | evaluation of saved checkpoints | — |" in text
-    assert "| train (paper) | -10.11 ± 0.76 | -12.40 ± 0.59 |" in text  # Meta-NF's Table 1: full, w/o selection
-    assert "| test (paper) | -14.53 ± 0.81 | -17.38 ± 1.21 |" in text
+    paper = "(paper: 5 seeds, 200,000 steps, its own data)"
+    assert f"| train {paper} | -10.11 ± 0.76 | -12.40 ± 0.59 |" in text  # Meta-NF's Table 1: full, w/o selection
+    assert f"| test {paper} | -14.53 ± 0.81 | -17.38 ± 1.21 |" in text
     benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "own"), plots=False, paper=False))
     assert "(paper)" not in (tmp_path / "own" / "point-robot.md").read_text()
 
@@ -375,7 +390,8 @@ def test_tiny_real_run_and_report(tmp_path):
     assert not (tmp_path / "results").exists()  # by default the report goes under runs/, never over results/
     text = (tmp_path / "runs" / "report" / "point-robot.md").read_text()
     assert "(n=2)" in text and "## zero-shot" in text and "## few-shot" in text
-    header, _, train, test = text.split("## zero-shot")[1].strip().splitlines()[:4]
+    header, _, budget, train, test = text.split("## zero-shot")[1].strip().splitlines()[:5]
+    assert budget.startswith("| gradient steps, data | 20, ")
     assert header == "| task set | focal | focal_eval |"
     for row in (train, test):  # evaluating the final checkpoints again gives the runs' own numbers
         cells = row.split(" | ")

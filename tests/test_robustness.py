@@ -19,14 +19,18 @@ from test_algorithms import SCRIPTS, TINY, load_results, run, tiny  # noqa: E402
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_non_positive_step_count_is_refused_before_any_run_folder(script, tmp_path):
     result = run(script, tmp_path, "--total-steps", "0", "--data-dir", str(tmp_path), check=False)
-    assert result.returncode == 2 and result.stderr.strip() == "error: --total-steps 0: must be a positive integer"
+    assert result.returncode == 2 and result.stderr.strip() == "error: --total-steps 0: must lie in [1, inf)"
     assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("flags, named", [
-    (["--eval-every", "0"], "--eval-every 0: must be a positive integer"),
-    (["--log-every", "-5"], "--log-every -5: must be a positive integer"),
-    (["--latent-dim", "0"], "--latent-dim 0: must be a positive integer"),
+    (["--eval-every", "0"], "--eval-every 0: must lie in [1, inf)"),
+    (["--log-every", "-5"], "--log-every -5: must lie in [1, inf)"),
+    (["--latent-dim", "0"], "--latent-dim 0: must lie in [1, inf)"),
+    (["--n-tasks", "1"], "--n-tasks 1: must lie in [2, inf)"),
+    (["--seed", "-1"], "--seed -1: must lie in [0, 4294967295]"),
+    (["--policy-frequency", "0"], "--policy-frequency 0: must lie in [1, inf)"),
+    (["--gamma", "nan"], "--gamma nan: must lie in [0, 1]"),
     (["--n-train", "30"], "--n-train 30: n_train must lie in [1, 19] for 20 tasks"),
     (["--device", "gpu"], "--device gpu: not a torch device"),
     (["--env", "cheetah-speed"], "--env cheetah-speed: unknown; valid names are: point-robot"),
