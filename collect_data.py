@@ -1,6 +1,7 @@
 # Offline datasets for OMRL: one SAC agent per task, trained together as one batched model, then rolled out.
 # SAC as in CleanRL's sac_continuous_action.py (https://github.com/vwxyzjn/cleanrl); data protocols of the rlkit lineage
 # (expert: GENTLE / Meta-NF, mixed: CSRO / SELECT) and of CORRO / UNICORN (replay). See docs/collect_data.md.
+import datetime
 import json
 import math
 import os
@@ -9,7 +10,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import List, Literal, Optional
 
 import gymnasium as gym
@@ -469,11 +470,11 @@ def train_sac(args, task_ids, tasks, device, writer, recorder=None):
             sps = (step - last_log[0]) / (now - last_log[1])  # over the last interval, so the ETA follows the update phase
             last_log = (step, now)
             mean_recent = np.mean([np.mean(r) for r in recent if r]) if any(recent) else float("nan")
-            eta = (args.sac_steps - step) / sps
+            eta = datetime.timedelta(seconds=round((args.sac_steps - step) / sps))
             print(
-                f"{label} step {step}/{args.sac_steps} | {sps:,.0f} steps/s ({sps * n:,.0f} env steps/s) | "
+                f"{label} step {step}/{args.sac_steps} | {sps:,.0f} steps/s | "
                 f"return (last 10 episodes, mean over tasks) {mean_recent:.2f} | "
-                f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}",
+                + ("ETA after the random warm-up" if step <= args.learning_starts else f"ETA {eta}"),
                 flush=True,
             )
             writer.add_scalar("charts/SPS", sps, step)
@@ -623,10 +624,33 @@ def mixed_schedule(args) -> list:
     return [[s, c] for s, c in zip(steps, counts) if c > 0]
 
 
+# The valid values of every numeric argument, as intervals; a value outside is refused before anything is written.
+ARG_RANGES = {
+    "sac_steps": "[1, inf)", "num_trajectories": "[1, inf)", "num_checkpoints": "[1, inf)", "seed": "[0, 4294967295]",
+    "n_tasks": "[2, inf)", "task_seed": "[0, 4294967295]", "n_train": "[1, inf)", "tasks_per_batch": "[1, inf)",
+    "log_every": "[1, inf)", "random_episodes": "[1, inf)", "learning_starts": "[0, inf)", "hidden_dim": "[1, inf)",
+    "batch_size": "[1, inf)", "gamma": "[0, 1]", "tau": "(0, 1]", "policy_lr": "(0, inf)", "q_lr": "(0, inf)",
+    "policy_frequency": "[1, inf)", "checkpoint_every": "[1, inf)", "resume_every_minutes": "[0, inf)",
+}
+
+
+def in_interval(value, interval: str) -> bool:
+    """Whether a number lies in an interval written like '[1, inf)' or '(0, 1]'."""
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    above = low <= value if interval[0] == "[" else low < value
+    return math.isfinite(value) and above and (value <= high if interval[-1] == "]" else value < high)
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args, description=DESCRIPTION)
     if args.env not in ENV_NAMES:
-        raise SystemExit(f"error: unknown env {args.env!r}; valid names are: {', '.join(ENV_NAMES)}")
+        print(f"error: --env {args.env}: unknown; valid names are: {', '.join(ENV_NAMES)}", file=sys.stderr)
+        raise SystemExit(2)
+    for field in fields(Args):
+        value, valid = getattr(args, field.name), ARG_RANGES.get(field.name)
+        if valid and value is not None and not in_interval(value, valid):
+            print(f"error: --{field.name.replace('_', '-')} {value}: must lie in {valid}", file=sys.stderr)
+            raise SystemExit(2)
     args.sac_steps = args.sac_steps if args.sac_steps is not None else DEFAULT_SAC_STEPS.get(args.env, 1_000_000)
     if args.learning_starts is None:
         args.learning_starts = DEFAULT_LEARNING_STARTS.get(args.env, 5_000)
@@ -638,7 +662,9 @@ if __name__ == "__main__":
     task_ids = list(range(len(all_tasks))) if args.tasks is None else sorted(set(args.tasks))
     bad = [i for i in task_ids if not 0 <= i < len(all_tasks)]
     if bad:
-        raise SystemExit(f"error: task ids {bad} are out of range for {args.env}: valid ids are 0..{len(all_tasks) - 1}")
+        print(f"error: --tasks {' '.join(map(str, bad))}: out of range for {args.env}; valid ids are 0..{len(all_tasks) - 1}",
+              file=sys.stderr)
+        raise SystemExit(2)
     if args.behavior == "mixed":
         mixed_schedule(args)
     if args.sac_steps <= args.learning_starts:

@@ -145,8 +145,9 @@ class Args:
     """fitting stops after this many epochs in which no model's hold-out error improved by more than 1%"""
     ensemble_max_epochs: int = 500
     """fitting stops after this many epochs in any case"""
-    dynamics_seed: int = 0
-    """seed of the ensembles' initialization, splits and batches (one fit serves every run seed)"""
+    dynamics_seed: Optional[int] = None
+    """seed of the ensembles' initialization, splits and batches (if unset: the run's seed, so that each run seed fits
+    its own ensembles, as GENTLE fits them per run)"""
     dynamics_dir: Optional[str] = None
     """where fitted ensembles are kept and looked up (if unset: {data_dir}/{env}/{behavior}/dynamics)"""
     one_shot_samples: Optional[int] = None
@@ -169,7 +170,14 @@ def apply_env_defaults(args: Args) -> Args:
     args.meta_batch_size = args.meta_batch_size if args.meta_batch_size is not None else n_train_tasks
     args.negative_tasks = args.negative_tasks if args.negative_tasks is not None else (1 if args.env == "cheetah-dir" else 3)
     args.one_shot_samples = args.one_shot_samples if args.one_shot_samples is not None else HORIZONS[args.env]
+    args.dynamics_seed = args.dynamics_seed if args.dynamics_seed is not None else args.seed
     return args
+
+
+# GENTLE's use_next_obs_in_context (true only in its hopper and walker rand-params configs): there the tasks differ in
+# their dynamics, so the encoder reads (s, a, r, s') and the decoder and dynamics models predict (r, s' - s); in the
+# reward families the encoder reads (s, a, r) and they predict r alone.
+NEXT_OBS_IN_CONTEXT = ("hopper-params", "walker-params")
 
 def mlp(in_dim, out_dim, hidden_dim, n_hidden):
     layers, dim = [], in_dim
@@ -221,48 +229,55 @@ def masked_mean(codes, mask):
 
 
 class Encoder(nn.Module):
-    """Per-transition code tanh(f(s, a, r, s')); a context's z is the mean of its codes."""
+    """Per-transition code tanh(f(s, a, r, s')), or tanh(f(s, a, r)) where s' is not in the context (the s' columns of
+    transition_inputs are dropped); a context's z is the mean of its codes."""
 
-    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim, next_obs_in_context):
         super().__init__()
-        self.net = mlp(2 * obs_dim + act_dim + 1, latent_dim, hidden_dim, 3)
+        self.unused = 0 if next_obs_in_context else obs_dim
+        self.net = mlp(obs_dim + act_dim + 1 + obs_dim - self.unused, latent_dim, hidden_dim, 3)
 
     def forward(self, transitions):
-        return torch.tanh(self.net(transitions))
+        return torch.tanh(self.net(transitions[..., : transitions.shape[-1] - self.unused]))
 
 
 class Decoder(nn.Module):
-    """GENTLE's decoder: (s, a, z) -> (r, s' - s), the reward and the change of the normalized state."""
+    """GENTLE's decoder: (s, a, z) -> r, or (r, s' - s) where s' is in the context (the normalized state's change)."""
 
-    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
+    def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim, next_obs_in_context):
         super().__init__()
-        self.net = mlp(obs_dim + act_dim + latent_dim, 1 + obs_dim, hidden_dim, 3)
+        self.net = mlp(obs_dim + act_dim + latent_dim, 1 + (obs_dim if next_obs_in_context else 0), hidden_dim, 3)
 
     def forward(self, obs, actions, z):
         return self.net(torch.cat([obs, actions, z], -1))
 
 
-def dynamics_targets(transitions: dict) -> torch.Tensor:
-    """What the decoder and the dynamics models predict from (s, a): (r, s' - s)."""
+def dynamics_targets(transitions: dict, next_obs_in_context: bool) -> torch.Tensor:
+    """What the decoder and the dynamics models predict from (s, a): r, or (r, s' - s) where s' is in the context."""
+    if not next_obs_in_context:
+        return transitions["rewards"]
     return torch.cat([transitions["rewards"], transitions["next_observations"] - transitions["observations"]], -1)
 
 
-def tae_loss(decoder, context, z):
-    """GENTLE's task auto-encoder loss: the MSE, over a context's transitions and output dimensions, of (r, s' - s)
-    reconstructed from (s, a) and the task's mean code z (tasks, D)."""
+def tae_loss(decoder, context, z, next_obs_in_context):
+    """GENTLE's task auto-encoder loss (before its weight, recon_weight): the MSE, over a context's transitions and the
+    output dimensions, of r (or (r, s' - s)) reconstructed from (s, a) and the task's mean code z (tasks, D)."""
     z = z[:, None].expand(-1, context["observations"].shape[1], -1)
-    return F.mse_loss(decoder(context["observations"], context["actions"], z), dynamics_targets(context))
+    prediction = decoder(context["observations"], context["actions"], z)
+    return F.mse_loss(prediction, dynamics_targets(context, next_obs_in_context))
 
 
 class DynamicsEnsemble(nn.Module):
-    """ensemble_size deterministic Swish MLPs (s, a) -> (r, s' - s) per training task, held as one stack of weights
-    (tasks, members, in, out), so that all of them train and predict in the same batched matmuls."""
+    """ensemble_size deterministic Swish MLPs (s, a) -> r per training task, or (s, a) -> (r, s' - s) where s' is in the
+    context (GENTLE's pretrain_dynamics: 2 hidden layers, 3 with s'), held as one stack of weights (tasks, members, in,
+    out), so that all of them train and predict in the same batched matmuls."""
 
-    WEIGHT_DECAY = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5)  # per layer, from the input to the output
+    WEIGHT_DECAY = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5)  # per layer, from the input to the output (GENTLE's)
 
     def __init__(self, n_tasks, obs_dim, act_dim, args, generator, device):
         super().__init__()
-        dims = [obs_dim + act_dim, *[args.ensemble_hidden_dim] * 3, 1 + obs_dim]
+        next_obs = args.env in NEXT_OBS_IN_CONTEXT
+        dims = [obs_dim + act_dim, *[args.ensemble_hidden_dim] * (3 if next_obs else 2), 1 + (obs_dim if next_obs else 0)]
         self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
         for d_in, d_out in zip(dims[:-1], dims[1:]):
             bound = 1 / math.sqrt(d_in)  # nn.Linear's default, drawn from the ensembles' own generator
@@ -281,7 +296,8 @@ class DynamicsEnsemble(nn.Module):
 
     def decay_loss(self):
         """Per model (tasks, members): sum over layers of decay * ||W||^2 / 2."""
-        return sum(decay * 0.5 * (w**2).sum((-2, -1)) for decay, w in zip(self.WEIGHT_DECAY, self.weights))
+        decays = self.WEIGHT_DECAY[: len(self.weights) - 1] + self.WEIGHT_DECAY[-1:]  # the output layer's is the last
+        return sum(decay * 0.5 * (w**2).sum((-2, -1)) for decay, w in zip(decays, self.weights))
 
 
 def fit_dynamics(ensemble, sampler, args, generator) -> tuple:
@@ -294,7 +310,7 @@ def fit_dynamics(ensemble, sampler, args, generator) -> tuple:
     device = sampler.device
     n_tasks, members, sizes = len(sampler.task_ids), args.ensemble_size, sampler.sizes.cpu()
     inputs = torch.cat([sampler.observations, sampler.actions], -1)
-    targets = dynamics_targets(vars(sampler))
+    targets = dynamics_targets(vars(sampler), args.env in NEXT_OBS_IN_CONTEXT)
     n_max = int(sizes.max())
     padding = torch.arange(n_max)[None] >= sizes[:, None]
     order = torch.argsort(torch.rand(n_tasks, n_max, generator=generator) + 2.0 * padding, 1)  # valid indices first
@@ -321,6 +337,9 @@ def fit_dynamics(ensemble, sampler, args, generator) -> tuple:
             (error.sum() + ensemble.decay_loss().sum()).backward()
             optimizer.step()
         epoch += 1
+        if epoch % 10 == 0:  # one host synchronization per 10 epochs, for the progress line
+            print(f"dynamics ensembles: epoch {epoch} (at most {args.ensemble_max_epochs}), {int((stale < args.ensemble_patience).sum())}"
+                  f" of {n_tasks} tasks still improving, best hold-out MSE {best_error.min(1).values.mean().item():.4g}", flush=True)
         with torch.no_grad():
             error = ((ensemble(holdout_x) - holdout_y) ** 2).mean(-1)
             error = (error * holdout_mask[:, None]).sum(-1) / holdout_mask.sum(-1)[:, None]
@@ -336,13 +355,15 @@ def fit_dynamics(ensemble, sampler, args, generator) -> tuple:
 
 
 def load_or_fit_dynamics(sampler, obs_dim, act_dim, args, device) -> tuple:
-    """The ensembles of the training tasks, fitted once per dataset, task split and ensemble settings and kept in
-    dynamics_dir, so that the runs of a grid share one fit. Fitting draws only from its own generator (dynamics_seed):
-    a run's random stream is the same whether the ensembles were fitted or loaded."""
+    """The ensembles of the training tasks, fitted once per dataset, task split, ensemble settings and dynamics seed (by
+    default the run's) and kept in dynamics_dir, so that a run resumed or repeated loads its fit. Fitting draws only
+    from its own generator (dynamics_seed): a run's random stream is the same whether the ensembles were fitted or
+    loaded."""
     digest = hashlib.sha256()
     for field in ("observations", "actions", "rewards", "next_observations"):
         digest.update(getattr(sampler, field).cpu().numpy().tobytes())
     settings = {k: v for k, v in asdict(args).items() if k.startswith("ensemble_") or k == "dynamics_seed"}
+    settings["next_obs_in_context"] = args.env in NEXT_OBS_IN_CONTEXT  # what the models predict, and their depth
     digest.update(repr((sampler.task_ids, sorted(settings.items()))).encode())
     folder = args.dynamics_dir or os.path.join(args.data_dir, args.env, args.behavior, "dynamics")
     path = os.path.join(folder, f"ensemble_{digest.hexdigest()[:16]}.pt")
@@ -363,8 +384,9 @@ def load_or_fit_dynamics(sampler, obs_dim, act_dim, args, device) -> tuple:
     info = {"holdout_mse": holdout_error.cpu(), "epochs": epochs, "fit_time": time.time() - start}
     os.makedirs(folder, exist_ok=True)
     atomic_write(path, lambda p: torch.save({"ensemble": ensemble.state_dict(), **info}, p), suffix=".pt")
-    print(f"dynamics ensembles: {epochs} epochs in {info['fit_time']:.0f} s, hold-out MSE per task "
-          f"{holdout_error.mean(1).cpu().numpy().round(5).tolist()}; saved in {path}", flush=True)
+    mse = ", ".join(f"{e:.3g}" for e in holdout_error.mean(1).cpu().tolist())
+    print(f"dynamics ensembles: {epochs} epochs in {info['fit_time']:.0f} s, hold-out MSE per task {mse}; saved in {path}",
+          flush=True)
     return ensemble, info
 
 
@@ -372,8 +394,9 @@ class GENTLE:
     def __init__(self, obs_dim, act_dim, args: Args, device):
         self.args = args
         latent, hidden = args.latent_dim, args.hidden_dim
-        self.encoder = Encoder(obs_dim, act_dim, latent, args.encoder_hidden_dim).to(device)
-        self.decoder = Decoder(obs_dim, act_dim, latent, args.encoder_hidden_dim).to(device)
+        self.next_obs_in_context = args.env in NEXT_OBS_IN_CONTEXT
+        self.encoder = Encoder(obs_dim, act_dim, latent, args.encoder_hidden_dim, self.next_obs_in_context).to(device)
+        self.decoder = Decoder(obs_dim, act_dim, latent, args.encoder_hidden_dim, self.next_obs_in_context).to(device)
         self.actor = Actor(obs_dim, act_dim, latent, hidden).to(device)
         self.actor_target = Actor(obs_dim, act_dim, latent, hidden).to(device)
         self.qf1 = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
@@ -392,11 +415,11 @@ class GENTLE:
         self.pseudo = None  # the pseudo-transitions of the latest relabel: fields (tasks, size, dim) and sizes
 
     def representation_loss(self, context, mask, task_idx) -> tuple:
-        """GENTLE's task auto-encoder: every context transition's (r, s' - s) reconstructed from its (s, a) and the
-        task's mean code; no contrastive term."""
+        """GENTLE's task auto-encoder: every context transition's r (or (r, s' - s)) reconstructed from its (s, a) and
+        the task's mean code, the MSE weighted by recon_weight; no contrastive term."""
         codes = self.encoder(transition_inputs(context))
         z = masked_mean(codes, mask)
-        recon_loss = tae_loss(self.decoder, context, z)
+        recon_loss = tae_loss(self.decoder, context, z, self.next_obs_in_context)
         return self.args.recon_weight * recon_loss, z, {"losses/tae_loss": recon_loss}
 
     def update(self, batch: dict, context: dict, mask: torch.Tensor, task_idx: torch.Tensor) -> dict:
@@ -447,7 +470,7 @@ class GENTLE:
     def relabel(self, sampler):
         """GENTLE's make_relabel, every training task at once. For task i: relabel_states random offline states, z_i the
         mean code of their transitions, actions tanh(mean) of the target actor under z_i; these (s, a) are labelled
-        (r, s' - s) by the mean of task i's ensemble and, as cross-task pseudo-transitions, by the ensembles of
+        r (or (r, s' - s)) by the mean of task i's ensemble and, as cross-task pseudo-transitions, by the ensembles of
         negative_tasks other training tasks drawn without replacement. Each labelled set joins the buffer of the task
         whose ensemble labelled it; the buffers replace the previous ones."""
         n, device = self.args.relabel_states, sampler.device
@@ -462,8 +485,9 @@ class GENTLE:
         source = tasks.repeat_interleave(1 + negatives)
         obs, actions = real["observations"][source], actions[source]
         prediction = self.ensemble(torch.cat([obs, actions], -1)[:, None], labellers).mean(1)
-        labelled = {"observations": obs, "actions": actions, "rewards": prediction[..., :1],
-                    "next_observations": obs + prediction[..., 1:]}
+        # where s' is not in the context it is not labelled: NaN, which the encoder never reads (a read would show)
+        next_obs = obs + prediction[..., 1:] if self.next_obs_in_context else torch.full_like(obs, float("nan"))
+        labelled = {"observations": obs, "actions": actions, "rewards": prediction[..., :1], "next_observations": next_obs}
         one_hot = F.one_hot(labellers, n_tasks)
         rank = (one_hot.cumsum(0) * one_hot).sum(1) - 1  # the labelled set's slot in its labeller's buffer
         sizes = one_hot.sum(0) * n
@@ -678,6 +702,10 @@ def resolve_args(args: Args, checkpoint: dict) -> Args:
     """The saved run's arguments, with the options that may change taken from the command line where it gives them; a
     flag that contradicts the saved run is an error that names it."""
     saved = checkpoint["args"]
+    unknown = sorted(set(saved) - {f.name for f in fields(Args)})
+    if unknown:
+        fail(f"--checkpoint {args.checkpoint}: was saved by another version of {ALGORITHM}.py, with options this one has "
+             f"no more ({', '.join('--' + k.replace('_', '-') for k in unknown)}); use the version that saved it")
     changeable = RESUME_OPTIONS + (EVALUATION_OPTIONS if args.eval_only else ())
     given = command_line_fields()
     for name in sorted(given - set(changeable)):

@@ -38,7 +38,7 @@ ARG_RANGES = {
     "lr": "(0, inf)", "gamma": "[0, 1]", "tau": "(0, 1]", "reward_scale": "(0, inf)", "alpha": "[0, inf)",
     "policy_noise": "[0, inf)", "noise_clip": "[0, inf)", "policy_frequency": "[1, inf)",
     "beta": "[0, inf)", "flow_blocks": "[1, inf)", "flow_embedding_dim": "[1, inf)", "bc_weight": "[0, inf)",
-    "nll_clamp": "(0, 1)", "act_samples": "[1, inf)",
+    "act_samples": "[1, inf)",
 }
 
 
@@ -109,14 +109,6 @@ class Args:
     """flow: size of the shared (s, z) embedding that conditions every coupling"""
     bc_weight: float = 1.0
     """weight of the BC term: the negative log-likelihood of the dataset action (flow) or the MSE to it (--no-flow)"""
-    bc_nll_reduction: Literal["sum", "mean"] = "sum"
-    """flow: the dataset action's NLL summed over action dimensions (the action's log-density) or averaged over them"""
-    nll_clamp: float = 1e-5
-    """flow: dataset actions are clamped to [-1 + nll_clamp, 1 - nll_clamp] before the atanh of their NLL"""
-    q_latent: Literal["sample", "zero", "both"] = "sample"
-    """flow: the latent x of the actor's Q term, x ~ N(0, I), x = 0, or both (the mean of the two Q terms)"""
-    target_latent: Literal["zero", "sample"] = "zero"
-    """flow: critic target action tanh(f_target(0)) plus TD3's clipped noise, or tanh(f_target(x)) with x ~ N(0, I)"""
     act: Optional[Literal["zero", "sample", "best-of-n"]] = None
     """evaluation action: the base latent x = 0; x ~ N(0, I) (seeded); or of x = 0 and --act-samples draws the one with
     the highest min(Q1, Q2) (the Gaussian actor: tanh(mean + std x) likewise) (if unset: sample for the flow, chosen on a
@@ -437,11 +429,8 @@ class MetaNF:
         z = z.detach()[:, None].expand(-1, batch["observations"].shape[1], -1)
         obs, actions, next_obs = batch["observations"], batch["actions"], batch["next_observations"]
         with torch.no_grad():
-            if args.flow and args.target_latent == "sample":
-                next_actions = self.actor_target.sample(next_obs, z)
-            else:
-                noise = (torch.randn_like(actions) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip)
-                next_actions = (self.actor_target.act(next_obs, z) + noise).clamp(-1.0, 1.0)
+            noise = (torch.randn_like(actions) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip)
+            next_actions = (self.actor_target.act(next_obs, z) + noise).clamp(-1.0, 1.0)
             min_qf_next = torch.min(self.qf1_target(next_obs, next_actions, z), self.qf2_target(next_obs, next_actions, z))
             next_q_value = args.reward_scale * batch["rewards"] + (1 - batch["terminations"]) * args.gamma * min_qf_next
         qf1_a_values, qf2_a_values = self.qf1(obs, actions, z), self.qf2(obs, actions, z)
@@ -452,17 +441,10 @@ class MetaNF:
         log.update({"losses/qf1_loss": qf1_loss, "losses/qf2_loss": qf2_loss, "losses/qf1_values": qf1_a_values.mean()})
 
         if self.total_it % args.policy_frequency == 0:
-            pi = self.actor.act(obs, z) if args.flow and args.q_latent == "zero" else self.actor.sample(obs, z)
+            pi = self.actor.sample(obs, z)
             min_qf_pi = torch.min(self.qf1(obs, pi, z), self.qf2(obs, pi, z))
-            if args.flow and args.q_latent == "both":  # the sampled actions' and the acting action's Q, averaged
-                pi_zero = self.actor.act(obs, z)
-                min_qf_pi = (min_qf_pi + torch.min(self.qf1(obs, pi_zero, z), self.qf2(obs, pi_zero, z))) / 2
             lmbda = args.alpha / min_qf_pi.abs().mean().detach()
-            if args.flow:
-                nll = -self.actor.log_prob(obs, z, actions, args.nll_clamp)
-                bc_loss = nll.mean() / (self.act_dim if args.bc_nll_reduction == "mean" else 1)
-            else:
-                bc_loss = F.mse_loss(pi, actions)
+            bc_loss = -self.actor.log_prob(obs, z, actions).mean() if args.flow else F.mse_loss(pi, actions)
             actor_loss = -lmbda * min_qf_pi.mean() + args.bc_weight * bc_loss
             self.actor_optimizer.zero_grad()
             actor_loss.backward()
@@ -479,6 +461,26 @@ class MetaNF:
     def context_codes(self, transitions):
         return self.encoder(transitions, sample_noise=False)
 
+    def actor_diagnostics(self, batch: dict, context: dict, mask: torch.Tensor, step: int) -> dict:
+        """How hard each term of the actor loss pulls, measured without training: the norm of the actor parameters'
+        gradient from the Q term and from the BC term, and the mean squared distance of a policy action (latent x ~
+        N(0, I)) to the dataset action. z is the mean code without noise and x comes from a generator of its own, so
+        training's random stream is untouched."""
+        args, obs, actions = self.args, batch["observations"], batch["actions"]
+        z = masked_mean(self.context_codes(transition_inputs(context)), mask)[:, None].expand(-1, obs.shape[1], -1)
+        generator = torch.Generator(device=obs.device).manual_seed(step)
+        pi = self.policy_action(obs, z, torch.randn(*actions.shape, generator=generator, device=obs.device))
+        min_qf_pi = torch.min(self.qf1(obs, pi, z), self.qf2(obs, pi, z))
+        q_term = -args.alpha / min_qf_pi.abs().mean().detach() * min_qf_pi.mean()
+        bc_term = args.bc_weight * (-self.actor.log_prob(obs, z, actions).mean() if args.flow else F.mse_loss(pi, actions))
+        params = list(self.actor.parameters())
+        norms = {}
+        for name, term in (("q", q_term), ("bc", bc_term)):
+            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+            norms[name] = torch.sqrt(sum((g**2).sum() for g in grads if g is not None))
+        return {"diagnostics/actor_grad_norm_q": norms["q"], "diagnostics/actor_grad_norm_bc": norms["bc"],
+                "diagnostics/action_sq_distance": ((pi - actions) ** 2).sum(-1).mean().detach()}
+
     NETWORKS = ("encoder", "decoder", "actor", "actor_target", "qf1", "qf2", "qf1_target", "qf2_target")
     OPTIMIZERS = ("encoder_optimizer", "actor_optimizer", "q_optimizer")
 
@@ -486,7 +488,6 @@ class MetaNF:
         state = {k: getattr(self, k).state_dict() for k in self.NETWORKS + self.OPTIMIZERS}
         return {**state, "total_it": self.total_it}
 
-    @torch.no_grad()
     def policy_action(self, obs, z, x):
         """The action of base latent x: tanh(f(x; s, z)) for the flow, tanh(mean + std x) for the Gaussian actor."""
         if self.args.flow:
@@ -672,6 +673,10 @@ def resolve_args(args: Args, checkpoint: dict) -> Args:
     """The saved run's arguments, with the options that may change taken from the command line where it gives them; a
     flag that contradicts the saved run is an error that names it."""
     saved = checkpoint["args"]
+    unknown = sorted(set(saved) - {f.name for f in fields(Args)})
+    if unknown:
+        fail(f"--checkpoint {args.checkpoint}: was saved by another version of {ALGORITHM}.py, with options this one has "
+             f"no more ({', '.join('--' + k.replace('_', '-') for k in unknown)}); use the version that saved it")
     changeable = RESUME_OPTIONS + (EVALUATION_OPTIONS if args.eval_only else ())
     given = command_line_fields()
     for name in sorted(given - set(changeable)):
@@ -795,6 +800,7 @@ if __name__ == "__main__":
         log = agent.update(batch, context, mask, task_idx)
         step = global_step + 1
         if step % args.log_every == 0 or step == args.total_steps:
+            log.update(agent.actor_diagnostics(batch, context, mask, step))
             values = {k: v.item() for k, v in log.items()}
             bad = [k for k, v in values.items() if not np.isfinite(v)]
             if bad:

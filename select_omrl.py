@@ -676,6 +676,10 @@ def resolve_args(args: Args, checkpoint: dict) -> Args:
     """The saved run's arguments, with the options that may change taken from the command line where it gives them; a
     flag that contradicts the saved run is an error that names it."""
     saved = checkpoint["args"]
+    unknown = sorted(set(saved) - {f.name for f in fields(Args)})
+    if unknown:
+        fail(f"--checkpoint {args.checkpoint}: was saved by another version of {ALGORITHM}.py, with options this one has "
+             f"no more ({', '.join('--' + k.replace('_', '-') for k in unknown)}); use the version that saved it")
     changeable = RESUME_OPTIONS + (EVALUATION_OPTIONS if args.eval_only else ())
     given = command_line_fields()
     for name in sorted(given - set(changeable)):

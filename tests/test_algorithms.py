@@ -30,7 +30,8 @@ REPRESENTATION_TAGS = {
                     "losses/bc_weight", "eval/proximal/train_online_return", "eval/proximal/test_online_return"},
     "unicorn": {"losses/focal_loss", "losses/recon_loss"},
     "gentle": {"losses/tae_loss", "dynamics/holdout_mse", "dynamics/fit_time"},
-    "metanf": {"losses/focal_loss", "losses/recon_loss"},
+    "metanf": {"losses/focal_loss", "losses/recon_loss", "diagnostics/actor_grad_norm_q", "diagnostics/actor_grad_norm_bc",
+               "diagnostics/action_sq_distance"},
 }
 # each script's own online protocols, beside zero-shot and few-shot
 ONLINE_PROTOCOLS = {"focal": (), "unicorn": (), "metanf": (), "csro": ("non_prior",),

@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -204,31 +205,39 @@ def test_best_of_n_never_picks_a_lower_q_than_the_zero_latent(flow):
         torch.testing.assert_close(min_q(chosen), torch.maximum(best_draw, min_q(zero)))
 
 
-def test_nll_mean_is_the_sum_divided_by_the_action_size():
+def test_actor_diagnostics_measure_each_terms_pull_without_touching_training():
     torch.manual_seed(0)
     batch = {"observations": torch.randn(3, 8, 2), "actions": torch.rand(3, 8, 2) * 2 - 1, "rewards": torch.randn(3, 8, 1),
              "next_observations": torch.randn(3, 8, 2), "terminations": torch.zeros(3, 8, 1)}
-    context, mask, task_idx = dict(batch), torch.ones(3, 8, 1), torch.arange(3)
-    logs = {}
-    for reduction in ("sum", "mean"):
-        agent = make_agent(bc_nll_reduction=reduction)
-        torch.manual_seed(1)
-        logs[reduction] = agent.update(batch, context, mask, task_idx)["losses/bc_loss"].item()
-    assert logs["mean"] == pytest.approx(logs["sum"] / 2, rel=1e-6)
+    context, mask = dict(batch), torch.ones(3, 8, 1)
+    for flow in (True, False):
+        agent = make_agent(flow=flow)
+        before = torch.get_rng_state()
+        logs = agent.actor_diagnostics(batch, context, mask, step=7)
+        assert torch.equal(torch.get_rng_state(), before)  # training's random stream is untouched
+        assert all(p.grad is None for p in agent.actor.parameters())  # and no gradient is left behind
+        assert logs["diagnostics/actor_grad_norm_q"] > 0 and logs["diagnostics/actor_grad_norm_bc"] > 0
+        # by hand: the BC term's gradient at the same z and latent, and the squared distance of that action
+        z = metanf.masked_mean(agent.context_codes(metanf.transition_inputs(context)), mask)[:, None].expand(-1, 8, -1)
+        x = torch.randn(3, 8, 2, generator=torch.Generator().manual_seed(7))
+        pi = agent.policy_action(batch["observations"], z, x)
+        bc = (-agent.actor.log_prob(batch["observations"], z, batch["actions"]).mean() if flow
+              else ((pi - batch["actions"]) ** 2).mean())
+        grads = torch.autograd.grad(bc, list(agent.actor.parameters()), allow_unused=True)
+        norm = torch.sqrt(sum((g**2).sum() for g in grads if g is not None))
+        torch.testing.assert_close(logs["diagnostics/actor_grad_norm_bc"], norm)
+        distance = ((pi - batch["actions"]) ** 2).sum(-1).mean()
+        torch.testing.assert_close(logs["diagnostics/action_sq_distance"], distance.detach())
+    # the weights scale the terms: no Q term with alpha = 0, no BC term with bc_weight = 0
+    assert make_agent(alpha=0.0).actor_diagnostics(batch, context, mask, 1)["diagnostics/actor_grad_norm_q"] == 0
+    assert make_agent(bc_weight=0.0).actor_diagnostics(batch, context, mask, 1)["diagnostics/actor_grad_norm_bc"] == 0
 
 
-def test_q_latent_both_averages_the_sampled_and_the_acting_actions():
-    obs, actions = torch.randn(3, 8, 2), torch.rand(3, 8, 2) * 2 - 1
-    batch = {"observations": obs, "actions": actions, "rewards": torch.randn(3, 8, 1), "next_observations": obs,
-             "terminations": torch.zeros(3, 8, 1)}
-    actors = {}
-    for q_latent in ("sample", "zero", "both"):
-        agent = make_agent(q_latent=q_latent, bc_weight=0.0)
-        torch.manual_seed(1)
-        agent.update(batch, dict(batch), torch.ones(3, 8, 1), torch.arange(3))
-        actors[q_latent] = torch.cat([p.flatten() for p in agent.actor.parameters()])
-    # one actor step from the same networks and draws: the Q term of "both" moves the actor differently from either alone
-    assert not torch.allclose(actors["both"], actors["sample"]) and not torch.allclose(actors["both"], actors["zero"])
+def test_the_options_the_first_study_rejected_are_gone():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "metanf.py"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--bc-weight" in result.stdout
+    for option in ("--q-latent", "--target-latent", "--bc-nll-reduction", "--nll-clamp"):
+        assert option not in result.stdout
 
 
 def test_nll_clamp_bounds_the_tanh_term_of_saturated_dataset_actions():
