@@ -131,7 +131,10 @@ class Args:
     """non-prior protocol: z is first inferred after this many episodes' worth of scored steps (if unset: CSRO's 1 for
     point-robot, 2 otherwise)"""
     weighted_bc: bool = True
-    """weight the BC term by w = 1[min(Q1, Q2)(s, a) - V(s, z) > 0] (SELECT's Eq. 3); --no-weighted-bc trains csro.py"""
+    """weight the BC term by w = 1[min(Q1, Q2)(s, a) - V(s, z) > 0] (SELECT's Eq. 3); --no-weighted-bc trains what csro.py
+    trains on the same --behavior"""
+    bc_weight_normalization: bool = False
+    """weighted BC: divide by the sum of the weights (a mean over the imitated actions) instead of by the batch size"""
     value_target: Literal["dataset", "policy", "expectile"] = "dataset"
     """V(s, z): dataset: a network regressed by MSE on min(Q1', Q2')(s, a, z) at dataset actions; policy: no network,
     min(Q1', Q2')(s, pi(s, z), z); expectile: the dataset target fit by an expectile loss"""
@@ -388,8 +391,12 @@ class SELECT:
             # Eq. 2 averages |Q| at the dataset's actions; GENTLE's TD3+BC (the default) at the actor's
             lmbda = args.alpha / (q_data.abs().mean() if args.lambda_at_dataset else min_qf_pi.abs().mean().detach())
             if args.weighted_bc:  # Eq. 1, negated: w masks whole actions, the mean stays over the whole batch
-                weight = bc_weight(q_data, self.value(obs, z))
-                bc_loss = (weight * (pi - actions) ** 2).mean()
+                value = self.value(obs, z)
+                weight = bc_weight(q_data, value)
+                if args.bc_weight_normalization:  # the mean over the imitated actions only
+                    bc_loss = (weight * (pi - actions) ** 2).sum() / (weight.sum() * actions.shape[-1]).clamp(min=1)
+                else:
+                    bc_loss = (weight * (pi - actions) ** 2).mean()
             else:
                 bc_loss = F.mse_loss(pi, actions)
             actor_loss = -lmbda * min_qf_pi.mean() + bc_loss
@@ -401,8 +408,9 @@ class SELECT:
                     for p, tp in zip(net.parameters(), target.parameters()):
                         tp.lerp_(p, args.tau)
             self.actor_log = {"losses/actor_loss": actor_loss.detach(), "losses/bc_loss": bc_loss.detach()}
-            if args.weighted_bc:
+            if args.weighted_bc:  # does w separate actions, or follow the critics' noise?
                 self.actor_log["losses/bc_weight"] = weight.mean()  # the share of dataset actions imitated
+                self.actor_log["losses/advantage_std"] = (q_data - value).detach().std()  # of Q(s, a_D) - V(s)
         self.total_it += 1
         return {**{k: v.detach() for k, v in log.items()}, **self.actor_log}
 

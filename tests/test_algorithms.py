@@ -27,7 +27,7 @@ REPRESENTATION_TAGS = {
     "focal": {"losses/focal_loss"},
     "csro": {"losses/focal_loss", "losses/club_loss", "losses/club_model_loss"},
     "select_omrl": {"losses/focal_loss", "losses/club_loss", "losses/club_model_loss", "losses/value_loss",
-                    "losses/bc_weight", "eval/proximal/train_online_return", "eval/proximal/test_online_return"},
+                    "losses/bc_weight", "losses/advantage_std", "eval/proximal/train_online_return", "eval/proximal/test_online_return"},
     "unicorn": {"losses/focal_loss", "losses/recon_loss"},
     "gentle": {"losses/tae_loss", "dynamics/holdout_mse", "dynamics/fit_time"},
     "metanf": {"losses/focal_loss", "losses/recon_loss", "diagnostics/actor_grad_norm_q", "diagnostics/actor_grad_norm_bc",

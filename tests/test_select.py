@@ -107,6 +107,27 @@ def test_actor_loss_with_every_weight_zero_has_no_bc_term():
                                                                    - reference_log["losses/bc_loss"].item(), rel=1e-5)
 
 
+def test_bc_weight_normalization_divides_by_the_imitated_actions_and_the_advantage_spread_is_logged():
+    batch, (context, mask, task_idx) = random_batch(), random_context()
+    logs, bc = {}, {}
+    for normalized in (False, True):
+        select, _ = make_agents(bc_weight_normalization=normalized)
+        advantages = torch.randn(3, 32, 1, generator=torch.Generator().manual_seed(5))
+        # V(s) = Q(s, a_D) - advantage: the advantages, and so the weights, are known
+        select.value = lambda obs, z, s=select, a=advantages: torch.min(
+            s.qf1(obs, batch["actions"], z), s.qf2(obs, batch["actions"], z)) - a
+        torch.manual_seed(1)
+        for _ in range(2):  # the actor learns on the first step; the second returns its losses
+            logs[normalized] = select.update(batch, context, mask, task_idx)
+        bc[normalized] = logs[normalized]["losses/bc_loss"].item()
+    weight = (advantages > 0).float()
+    share = weight.mean().item()
+    assert logs[False]["losses/bc_weight"].item() == pytest.approx(share)
+    # the same squared errors summed: the mean over the batch (3 * 32 * 2 entries) or over the imitated ones
+    assert bc[True] == pytest.approx(bc[False] * (3 * 32 * 2) / (weight.sum().item() * 2), rel=1e-5)
+    assert logs[False]["losses/advantage_std"].item() == pytest.approx(advantages.std().item(), rel=1e-4)
+
+
 def test_without_weighting_the_agent_is_csro_and_draws_nothing_more():
     select, reference = make_agents(weighted_bc=False)
     assert not hasattr(select, "value_net")
