@@ -268,7 +268,7 @@ def requested_total_steps(argv: list) -> int:
 # Arguments that change neither the networks nor the random stream of training (the scripts' RESUME_OPTIONS): a run
 # made with other values of these still fills a cell. Every other argument, and the data, must be the command's.
 NON_RESULT_OPTIONS = ("exp_name", "checkpoint", "eval_only", "total_steps", "eval_every", "log_every", "checkpoint_every",
-                      "device", "save_model", "data_dir")
+                      "capture_video", "device", "save_model", "data_dir")
 _modules, _fingerprints = {}, {}
 
 
@@ -767,6 +767,45 @@ def curves(env: str, cells: dict, out_dir: str, name: str) -> list:
     return written
 
 
+def trajectory_figures(env: str, cells: dict, out_dir: str, name: str) -> list:
+    """Point-robot: per column, the zero-shot trajectories of its final checkpoint on the test tasks side by side, from
+    the videos/trajectories.json that a run with --capture-video saved (the column's lowest seed that has one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for exp in [e for v, e in cells if v == env]:
+        paths = [os.path.join(run_dir, "videos", "trajectories.json") for _, (run_dir, _) in sorted(cells[(env, exp)].items())]
+        paths = [p for p in paths if os.path.exists(p)]
+        if not paths:
+            continue
+        with open(paths[0]) as f:
+            tasks = json.load(f).get("test", {})
+        columns = min(len(tasks), 5)
+        rows = -(-len(tasks) // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+        for ax in axes.flat[len(tasks):]:
+            ax.axis("off")
+        for ax, (task_id, episode) in zip(axes.flat, sorted(tasks.items(), key=lambda kv: int(kv[0]))):
+            xy = np.array(episode["states"])
+            ax.plot(xy[:, 0], xy[:, 1], ".-", color="tab:blue")
+            ax.plot(*xy[0], "o", color="tab:green", label="start")
+            ax.plot(*episode["goal"], "*", color="tab:red", markersize=14, label="goal")
+            ax.plot(*xy[episode["settled"]], "s", color="tab:orange", label=f"code settled (step {episode['settled']})")
+            ax.set(xlim=(-1.6, 1.6), ylim=(-1.6, 1.6), aspect="equal", title=f"test task {task_id}")
+            ax.legend(fontsize=7, loc="lower right")
+        seed = os.path.basename(os.path.dirname(os.path.dirname(paths[0]))).split("__")[2]
+        fig.suptitle(f"{exp}, zero-shot, seed {seed}")
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"{name}_{exp}_trajectories.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def report(args: Report):
     found = collect_runs(args.runs_dir, args.total_steps)
     exps = args.exps or sorted({exp for _, exp in found})
@@ -800,6 +839,13 @@ def report(args: Report):
         text = f"<!-- inputs: {json.dumps(inputs, sort_keys=True)} -->\n" + env_report(env, cells, args.command, args.paper, comparisons)
         if args.plots:
             for path in curves(env, cells, out_dir, f"{env}{args.page_suffix}"):
+                text += f"\n![{os.path.basename(path)}]({os.path.basename(path)})\n"
+            figures = trajectory_figures(env, cells, out_dir, f"{env}{args.page_suffix}") if env == "point-robot" else []
+            if figures:
+                text += ("\n## Zero-shot trajectories\n\nThe final checkpoint's zero-shot episode on the test tasks (from "
+                         "`--capture-video`): start, goal, and the step from which the acting code stayed near its final "
+                         "value.\n")
+            for path in figures:
                 text += f"\n![{os.path.basename(path)}]({os.path.basename(path)})\n"
         atomic_text(page, text)
         print(f"wrote {page}")
@@ -864,14 +910,17 @@ def archive(args: Archive):
         for run_dir, _ in runs.values():
             target = os.path.join(args.out_dir, os.path.basename(run_dir))
             events = sorted(os.path.basename(p) for p in glob.glob(os.path.join(run_dir, "events.*")))
-            os.makedirs(target, exist_ok=True)
-            for name in ["results.json", "args.json", *events]:
+            os.makedirs(os.path.join(target, "videos"), exist_ok=True)
+            for name in ["results.json", "args.json", *events, os.path.join("videos", "trajectories.json")]:
                 source = os.path.join(run_dir, name)
                 if not os.path.exists(source):
                     continue
-                tmp = os.path.join(target, f".{name}.tmp")
+                destination = os.path.join(target, name)
+                tmp = os.path.join(os.path.dirname(destination), f".{os.path.basename(name)}.tmp")
                 shutil.copyfile(source, tmp)
-                os.replace(tmp, os.path.join(target, name))  # a copy is whole or absent
+                os.replace(tmp, destination)  # a copy is whole or absent
+            if not os.listdir(os.path.join(target, "videos")):
+                os.rmdir(os.path.join(target, "videos"))
             copied += 1
             print(f"archived {run_dir} -> {target}")
     if not copied:

@@ -9,9 +9,10 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, Optional
 
+import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
@@ -26,7 +27,7 @@ ALGORITHM = "unicorn"
 # With --checkpoint every argument comes from the saved run but these, which change neither the networks nor the random
 # stream of training (--total-steps trains a run further); with --eval-only also EVALUATION_OPTIONS.
 RESUME_OPTIONS = ("checkpoint", "eval_only", "exp_name", "total_steps", "eval_every", "log_every", "device", "save_model",
-                  "data_dir", "checkpoint_every")
+                  "data_dir", "checkpoint_every", "capture_video")
 EVALUATION_OPTIONS = ("eval_episodes", "few_shot_context")
 # The valid values of every numeric argument, as intervals; check_args refuses any other before anything is written.
 ARG_RANGES = {
@@ -38,6 +39,7 @@ ARG_RANGES = {
     "policy_noise": "[0, inf)", "noise_clip": "[0, inf)", "policy_frequency": "[1, inf)",
     "beta": "[0, inf)",
 }
+VIDEO_TASKS = 2  # --capture-video on a MuJoCo family: the first train and test tasks recorded
 
 
 @dataclass
@@ -67,6 +69,9 @@ class Args:
     every --checkpoint-every steps and when Ctrl-C or SIGTERM stops the run"""
     checkpoint_every: int = 5_000
     """gradient steps between checkpoints besides those of the evaluations"""
+    capture_video: bool = False
+    """at the final evaluation, record zero-shot episodes under {run_dir}/videos/ (MuJoCo: MP4s of 2 train and 2 test
+    tasks, needs imageio-ffmpeg and, without a display, MUJOCO_GL=egl or osmesa; point-robot: a picture per task)"""
     checkpoint: Optional[str] = None
     """a checkpoint.pt to resume training from, or to evaluate with --eval-only"""
     eval_only: bool = False
@@ -343,7 +348,7 @@ class UNICORN:
 
 
 @torch.no_grad()
-def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device) -> np.ndarray:
+def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device, on_step=None) -> np.ndarray:
     """Mean return per task over args.eval_episodes deterministic episodes, all tasks stepped in lockstep.
 
     zero_shot: the context starts empty (z = 0) and every transition of the episode joins it as it happens;
@@ -374,6 +379,8 @@ def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device) ->
                 next_obs[j], rewards[j], terminated, truncated, _ = envs[j].step(actions[j])
                 returns[j, episode] += rewards[j]
                 active[j] = not (terminated or truncated)
+            if on_step:  # --capture-video: each step's observations and acting codes
+                on_step(next_obs, z)
             if protocol == "zero_shot":
                 transition = {
                     "observations": obs_t,
@@ -386,6 +393,71 @@ def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device) ->
                 count += stepped_t
             obs = next_obs
     return returns.mean(1)
+
+def settled_step(codes: np.ndarray) -> int:
+    """The first step from which the acting code stays within a tenth of its largest distance to the episode's final
+    code: when the inferred task settled."""
+    distance = np.linalg.norm(codes - codes[-1], axis=-1)
+    above = np.flatnonzero(distance > 0.1 * distance.max()) if distance.max() > 0 else np.array([], dtype=int)
+    return int(above[-1] + 1) if len(above) else 0
+
+
+def capture_video(agent, eval_envs, task_sets, args, obs_mean, obs_std, device, run_dir, writer, step):
+    """--capture-video: one zero-shot episode per task, written under {run_dir}/videos/: for the first VIDEO_TASKS train
+    and test tasks of a MuJoCo family an MP4 rendered offscreen with the mujoco bindings; for every point-robot task a
+    picture of the trajectory in the plane with the goal, the start and the step at which the acting code settled (also
+    logged to TensorBoard, and the positions in trajectories.json)."""
+    video_dir = os.path.join(run_dir, "videos")
+    os.makedirs(video_dir, exist_ok=True)
+    one_episode, trajectories = replace(args, eval_episodes=1), {}
+    for name, (ids, sampler) in task_sets.items():
+        for env, task_id in list(zip(eval_envs[name], ids))[: None if args.env == "point-robot" else VIDEO_TASKS]:
+            states, codes, frames = [env.reset(seed=args.seed)[0]], [], []  # evaluate's episode 0 starts here too
+            renderer = None if args.env == "point-robot" else mujoco.Renderer(env.unwrapped.model, 240, 320)
+            camera = mujoco.MjvCamera()  # follows the root body (the torso) from the side
+            camera.type, camera.trackbodyid, camera.elevation = mujoco.mjtCamera.mjCAMERA_TRACKING, 1, -15.0
+            camera.distance, camera.azimuth = 4.0, 90.0
+
+            def on_step(next_obs, z, env=env, renderer=renderer):
+                states.append(next_obs[0].copy())
+                codes.append(z[0].cpu().numpy())
+                if renderer:
+                    renderer.update_scene(env.unwrapped.data, camera)
+                    frames.append(renderer.render())
+
+            if renderer:
+                renderer.update_scene(env.unwrapped.data, camera)
+                frames.append(renderer.render())
+            evaluate(agent, [env], sampler, "zero_shot", one_episode, obs_mean, obs_std, device, on_step=on_step)
+            path = os.path.join(video_dir, f"{name}_task{task_id:02d}")
+            if renderer:
+                import imageio
+
+                imageio.mimwrite(path + ".mp4", frames, fps=round(1 / env.unwrapped.dt))
+                renderer.close()
+                continue
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            xy, goal, settled = np.array(states), env.unwrapped.task["goal"], settled_step(np.array(codes))
+            trajectories.setdefault(name, {})[str(task_id)] = {"states": xy.tolist(), "goal": goal, "settled": settled}
+            fig, ax = plt.subplots(figsize=(4, 4))
+            ax.plot(xy[:, 0], xy[:, 1], ".-", color="tab:blue", label="trajectory")
+            ax.plot(*xy[0], "o", color="tab:green", label="start")
+            ax.plot(*goal, "*", color="tab:red", markersize=14, label="goal")
+            ax.plot(*xy[settled], "s", color="tab:orange", label=f"code settled (step {settled})")
+            ax.set(xlim=(-1.6, 1.6), ylim=(-1.6, 1.6), aspect="equal", title=f"{ALGORITHM}, {name} task {task_id}, step {step:,}")
+            ax.legend(fontsize=7, loc="lower right")
+            fig.tight_layout()
+            fig.savefig(path + ".png", dpi=100)
+            fig.canvas.draw()
+            writer.add_image(f"videos/{name}_task{task_id:02d}", np.asarray(fig.canvas.buffer_rgba())[..., :3], step,
+                             dataformats="HWC")
+            plt.close(fig)
+    if trajectories:
+        atomic_write_json(os.path.join(video_dir, "trajectories.json"), trajectories)
 
 
 def fail(message: str):
@@ -407,6 +479,14 @@ def check_args(args: Args):
         fail(f"--env {args.env}: unknown; valid names are: {', '.join(ENV_NAMES)}")
     if args.eval_only and args.checkpoint is None:
         fail("--eval-only needs --checkpoint PATH")
+    if args.capture_video and args.env != "point-robot":
+        if not os.environ.get("MUJOCO_GL") and not os.environ.get("DISPLAY"):
+            fail("--capture-video: this machine has no display; render offscreen with MUJOCO_GL=egl (libEGL, e.g. apt-get "
+                 "install libegl1) or MUJOCO_GL=osmesa (apt-get install libosmesa6) before the command")
+        try:
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            fail("--capture-video: writing MP4 needs imageio-ffmpeg; install it with: python -m pip install imageio-ffmpeg")
     for field in fields(Args):
         value, valid = getattr(args, field.name), ARG_RANGES.get(field.name)
         if valid and value is not None and not in_interval(value, valid):
@@ -553,6 +633,8 @@ if __name__ == "__main__":
         results = run_evaluation(checkpoint["step"])  # total_steps: the budget of the run that saved the checkpoint
         results.update(total_steps=checkpoint["args"]["total_steps"], checkpoint=args.checkpoint)
         atomic_write_json(os.path.join(run_dir, "results.json"), results)
+        if args.capture_video:
+            capture_video(agent, eval_envs, task_sets, args, obs_mean, obs_std, device, run_dir, writer, checkpoint["step"])
         writer.close()
         raise SystemExit(0)
 
@@ -624,6 +706,8 @@ if __name__ == "__main__":
             atomic_write(checkpoint_path, lambda p: torch.save(state, p), suffix=".pt")
         if evaluated:
             atomic_write_json(os.path.join(run_dir, "results.json"), results)
+        if args.capture_video and step == args.total_steps:
+            capture_video(agent, eval_envs, task_sets, args, obs_mean, obs_std, device, run_dir, writer, step)
         if stop_signal:
             writer.close()
             saved = (f"checkpoint saved; resume with: python {sys.argv[0]} --env {args.env} --checkpoint {checkpoint_path}"

@@ -112,6 +112,7 @@ def test_smoke_outputs(trained, script):
     int(checkpoint["data_fingerprint"], 16)
     with open(os.path.join(run_dir, "args.json")) as f:
         assert json.load(f)["total_steps"] == 40
+    assert not os.path.exists(os.path.join(run_dir, "videos"))  # --capture-video is off by default
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
