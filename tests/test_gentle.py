@@ -93,7 +93,7 @@ def test_decoder_reads_the_task_code():
     assert loss.item() == pytest.approx((3 * 4 + 3 * 0) / 12)
 
 
-def test_dynamics_ensembles_fit_known_linear_systems():
+def test_dynamics_ensembles_fit_known_linear_systems(capsys):
     sampler, w, a = linear_sampler()
     args = gentle_args(env="hopper-params", ensemble_max_epochs=150, ensemble_patience=20, ensemble_batch_size=128)
     ensemble = gentle.DynamicsEnsemble(2, 2, 1, args, torch.Generator().manual_seed(0), "cpu")
@@ -108,6 +108,8 @@ def test_dynamics_ensembles_fit_known_linear_systems():
     assert error < 0.01 * scale, (error, scale)
     assert ((swapped - truth) ** 2).mean().item() > 10 * error  # each task has its own ensemble
     assert holdout_error.max().item() < 0.01 * scale
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dynamics ensembles: epoch")]
+    assert progress and progress[0].startswith("dynamics ensembles: epoch 10 (at most 150), ")  # every 10 epochs
 
 
 def test_each_run_seed_fits_its_own_ensembles_and_one_seed_the_same(tmp_path):
@@ -126,12 +128,15 @@ def test_each_run_seed_fits_its_own_ensembles_and_one_seed_the_same(tmp_path):
     assert len(list((tmp_path / "point-robot" / "expert" / "dynamics").iterdir())) == 2
 
 
-def test_dynamics_fitting_draws_nothing_from_the_global_stream(tmp_path):
+def test_dynamics_fitting_draws_nothing_from_the_global_stream(tmp_path, capsys):
     sampler, _, _ = linear_sampler()
     args = gentle_args(ensemble_max_epochs=3, data_dir=str(tmp_path))
     torch.manual_seed(123)
     before = torch.get_rng_state()
     fitted, info = gentle.load_or_fit_dynamics(sampler, 2, 1, args, "cpu")
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "hold-out MSE per task" in line]
+    errors = line.split("hold-out MSE per task ")[1].split(";")[0].split(", ")
+    assert len(errors) == 2 and all(float(e) == float(f"{float(e):.3g}") for e in errors)  # 3 significant digits
     assert torch.equal(before, torch.get_rng_state())
     (path,) = (tmp_path / "point-robot" / "expert" / "dynamics").iterdir()
     loaded, saved = gentle.load_or_fit_dynamics(sampler, 2, 1, args, "cpu")  # the second run of a grid loads the fit

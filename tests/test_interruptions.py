@@ -85,7 +85,10 @@ def long_tiny(script, steps):
 def test_sigint_saves_a_checkpoint_from_which_the_run_resumes_to_the_uninterrupted_result(data_dir, tmp_path):
     flags = [*long_tiny("unicorn", 300), "--data-dir", data_dir, "--checkpoint-every", "100000"]
     (tmp_path / "whole").mkdir()
-    run("unicorn", tmp_path / "whole", *flags)
+    progress = [line for line in run("unicorn", tmp_path / "whole", *flags).stdout.splitlines() if "updates/s | ETA" in line]
+    # the time left counts the evaluations still to come once one has been timed (the first is at step 150)
+    assert all(line.endswith(" + evaluations") == (int(line.split()[1].split("/")[0]) <= 150) for line in progress)
+    assert len(progress) == 30 and all(line.count("updates/s") == 1 for line in progress)
     (whole,) = glob.glob(str(tmp_path / "whole" / "runs" / "*"))
     cut = tmp_path / "cut"
     cut.mkdir()

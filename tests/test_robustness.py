@@ -111,7 +111,7 @@ def test_a_checkpoint_resumes_only_on_the_data_it_trained_on(script, data_dir, t
 
 
 def test_docs_cite_only_files_of_the_repository():
-    pages = glob.glob(os.path.join(ROOT, "docs", "*.md")) + [os.path.join(ROOT, "README.md")]
+    pages = glob.glob(os.path.join(ROOT, "docs", "*.md")) + [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "results", "README.md")]
     for page in pages:
         with open(page) as f:
             text = f.read()
@@ -146,6 +146,18 @@ def test_collection_logs_under_its_output_folder(data_dir):
 
 TINY_SAC = ["--sac-steps", "300", "--learning-starts", "100", "--batch-size", "32", "--num-trajectories", "6",
             "--random-episodes", "1", "--log-every", "300"]
+
+
+def test_collection_progress_gives_no_time_left_during_the_random_warm_up(tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--env", "point-robot", "--n-tasks", "2",
+               "--n-train", "1", "--out-dir", str(tmp_path), "--sac-steps", "200", "--learning-starts", "100",
+               "--batch-size", "16", "--num-trajectories", "1", "--random-episodes", "1", "--log-every", "50"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if " steps/s | " in line]
+    assert [line.split()[4] for line in lines] == ["50/200", "100/200", "150/200", "200/200"]
+    assert all(line.endswith("ETA after the random warm-up") for line in lines[:2])
+    assert all(re.search(r"ETA \d+:\d\d:\d\d$", line) for line in lines[2:]) and all(line.count("/s") == 1 for line in lines)
 
 
 def test_a_task_set_mismatch_suggests_a_collection_that_runs(data_dir, tmp_path):
