@@ -8,6 +8,7 @@
 #   archive copy the finished runs' results.json, args.json and TensorBoard events (no checkpoints) into a folder that
 #           can be committed, so that a report can be made again when runs/ is gone
 import ast
+import csv
 import glob
 import importlib
 import json
@@ -41,70 +42,17 @@ PROTOCOLS = ("zero_shot", "few_shot")
 # collection (select_omrl.py), GENTLE's one-shot exploration (gentle.py); a report gives each its own table
 ONLINE_PROTOCOLS = ("non_prior", "proximal", "one_shot")
 
-# The Meta-NF paper's Table 1 (zero-shot, last checkpoint, mean ± std over 5 seeds): {env: {column: (train, test)}};
-# its ablation columns are metanf.py's flags. cheetah-dir has no test tasks.
-PAPER_ZERO_SHOT = {
-    "point-robot": {
-        "focal": ("-12.11 ± 0.88", "-17.16 ± 0.70"),
-        "csro": ("-11.93 ± 0.59", "-16.51 ± 1.02"),
-        "gentle-no-pseudo-transitions": ("-11.55 ± 1.01", "-16.67 ± 0.73"),
-        "unicorn": ("-12.18 ± 1.35", "-17.28 ± 1.59"),
-        "metanf": ("-10.11 ± 0.76", "-14.53 ± 0.81"),
-        "metanf-no-flow-no-selection": ("-12.18 ± 1.35", "-17.28 ± 1.59"),
-        "metanf-no-selection": ("-12.40 ± 0.59", "-17.38 ± 1.21"),
-        "metanf-no-flow": ("-10.22 ± 0.59", "-15.17 ± 0.89"),
-    },
-    "ant-dir": {
-        "focal": ("203.34 ± 36.54", "11.10 ± 52.62"),
-        "csro": ("253.44 ± 113.60", "124.09 ± 62.42"),
-        "gentle-no-pseudo-transitions": ("105.08 ± 90.99", "113.43 ± 39.81"),
-        "unicorn": ("231.81 ± 50.20", "31.72 ± 88.57"),
-        "metanf": ("574.63 ± 57.27", "433.45 ± 67.79"),
-        "metanf-no-flow-no-selection": ("231.81 ± 50.20", "31.72 ± 88.57"),
-        "metanf-no-selection": ("348.91 ± 54.56", "115.55 ± 83.32"),
-        "metanf-no-flow": ("329.69 ± 80.81", "221.55 ± 59.38"),
-    },
-    "cheetah-vel": {
-        "focal": ("-238.32 ± 37.28", "-307.21 ± 29.83"),
-        "csro": ("-202.56 ± 38.98", "-299.40 ± 92.25"),
-        "gentle-no-pseudo-transitions": ("-286.74 ± 29.63", "-385.48 ± 49.95"),
-        "unicorn": ("-213.45 ± 37.17", "-310.48 ± 65.35"),
-        "metanf": ("-84.50 ± 3.77", "-148.89 ± 10.61"),
-        "metanf-no-flow-no-selection": ("-213.45 ± 37.17", "-310.48 ± 65.35"),
-        "metanf-no-selection": ("-85.30 ± 14.64", "-162.31 ± 20.27"),
-        "metanf-no-flow": ("-207.11 ± 38.29", "-347.47 ± 57.86"),
-    },
-    "cheetah-dir": {
-        "focal": ("-165.93 ± 774.17", None),
-        "csro": ("-159.06 ± 288.47", None),
-        "gentle-no-pseudo-transitions": ("-463.55 ± 349.32", None),
-        "unicorn": ("-89.72 ± 682.70", None),
-        "metanf": ("1083.13 ± 432.55", None),
-        "metanf-no-flow-no-selection": ("-89.72 ± 682.70", None),
-        "metanf-no-selection": ("127.52 ± 219.01", None),
-        "metanf-no-flow": ("1286.77 ± 244.96", None),
-    },
-    "hopper-params": {
-        "focal": ("175.01 ± 77.42", "137.53 ± 54.30"),
-        "csro": ("143.05 ± 62.02", "112.95 ± 42.37"),
-        "gentle-no-pseudo-transitions": ("263.16 ± 63.22", "204.00 ± 38.98"),
-        "unicorn": ("177.33 ± 35.92", "135.88 ± 35.90"),
-        "metanf": ("365.34 ± 26.81", "233.21 ± 22.39"),
-        "metanf-no-flow-no-selection": ("177.33 ± 35.92", "135.88 ± 35.90"),
-        "metanf-no-selection": ("300.53 ± 25.12", "255.77 ± 30.51"),
-        "metanf-no-flow": ("219.91 ± 72.66", "137.03 ± 27.65"),
-    },
-    "walker-params": {
-        "focal": ("372.79 ± 92.46", "330.48 ± 89.03"),
-        "csro": ("231.13 ± 122.50", "229.68 ± 128.88"),
-        "gentle-no-pseudo-transitions": ("340.04 ± 55.43", "318.72 ± 54.98"),
-        "unicorn": ("375.52 ± 96.00", "288.37 ± 115.46"),
-        "metanf": ("448.46 ± 26.53", "346.96 ± 45.95"),
-        "metanf-no-flow-no-selection": ("375.52 ± 96.00", "288.37 ± 115.46"),
-        "metanf-no-selection": ("500.46 ± 70.91", "383.58 ± 63.19"),
-        "metanf-no-flow": ("346.66 ± 87.79", "268.97 ± 31.83"),
-    },
-}
+# The Meta-NF paper's Table 1 (zero-shot, last checkpoint, mean ± std over 5 seeds): {env: {column: (train, test)}}.
+def paper_table(path: str) -> dict:
+    with open(path, newline="") as f:
+        rows = csv.DictReader(line for line in f if not line.startswith("#"))
+        table = {}
+        for row in rows:
+            table.setdefault(row["env"], {})[row["column"]] = (row["train"], row["test"] or None)
+    return table
+
+
+PAPER_ZERO_SHOT = paper_table(os.path.join(ROOT, "results", "metanf_paper_table1.csv"))
 
 
 @dataclass
