@@ -157,7 +157,7 @@ def test_metanf_acting_rule_is_chosen_at_evaluation_and_sampling_is_reproducible
 
 def test_zero_shot_diagnosis_replays_the_logged_evaluation(trained, tmp_path):
     cwd, run_dir = trained["metanf"]
-    script = os.path.join(ROOT, "results", "200k", "diagnose_zero_shot.py")
+    script = os.path.join(ROOT, "results", "tools", "diagnose_zero_shot.py")
     result = subprocess.run([sys.executable, script, "--exps", "metanf", "--total-steps", "40", "--runs-dir",
                              str(cwd / "runs")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr  # it asserts its replay equals results.json

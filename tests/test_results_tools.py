@@ -7,7 +7,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAC_CURVE = os.path.join(ROOT, "results", "cheetah-vel", "sac_curve.py")
+SAC_CURVE = os.path.join(ROOT, "results", "tools", "sac_curve.py")
 
 
 def load(path):
@@ -126,7 +126,7 @@ SOURCE_PAGE = """# point-robot
 
 
 def test_merge_columns_into_a_page_whose_runs_are_gone():
-    merge_columns = load(os.path.join(ROOT, "results", "merge_columns.py"))
+    merge_columns = load(os.path.join(ROOT, "results", "tools", "merge_columns.py"))
     merged = merge_columns.merge(TARGET_PAGE, SOURCE_PAGE, [("metanf", "metanf (sample)")], [("metanf", "metanf (zero)")],
                                  "new.md")
     assert merged == """# point-robot

@@ -7,7 +7,7 @@
 # (an offline context) is read from results.json; "saturated actions" is the share of action components beyond
 # +-0.99 in the zero-shot episodes (moves at full speed).
 #
-#   python results/200k/diagnose_zero_shot.py --exps metanf metanf-no-flow --total-steps 200000   # from the repository root
+#   python results/tools/diagnose_zero_shot.py --exps metanf metanf-no-flow --total-steps 200000   # from the repository root
 import glob
 import json
 import os

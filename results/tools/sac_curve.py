@@ -3,7 +3,7 @@
 # B of the grid such that R_i(T) - R_i(B) <= tolerance * (R_i(T) - R_i(window)) for every task i, T the run's last step.
 # Reads the TensorBoard events that collect_data.py writes (one folder per start of a run that was cut and resumed).
 # Run from the repository root:
-#   python results/cheetah-vel/sac_curve.py --runs-dir data/sac-curve/runs --plot results/cheetah-vel/sac_curve.png
+#   python results/tools/sac_curve.py --runs-dir data/sac-curve/runs --plot results/cheetah-vel/sac_curve.png
 import glob
 import os
 import re

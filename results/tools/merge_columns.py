@@ -6,7 +6,7 @@
 # (--columns SRC=NEW) and the target's own columns renamed first (--rename OLD=NEW), e.g. when a rerun replaces a
 # column under the same experiment name. Run from the repository root, then add a provenance line to the page's
 # command block by hand:
-#   python results/merge_columns.py --target results/200k/point-robot.md --source results/200k/metanf/point-robot.md \
+#   python results/tools/merge_columns.py --target results/200k/point-robot.md --source results/200k/metanf/point-robot.md \
 #     --columns metanf metanf-no-selection_eval --rename "metanf=metanf (tanh f(0))"
 import os
 import re

@@ -6,7 +6,7 @@
 # task apart, beside the spread of the true rewards (a label that ignored (s, a) would have an RMSE about that large).
 # It fits the ensembles as gentle.py does (or loads gentle.py's cached fit of the same data and settings).
 #
-#   python results/diagnose_gentle_labels.py   # from the repository root, after collect_data.py --env point-robot
+#   python results/tools/diagnose_gentle_labels.py   # from the repository root, after collect_data.py --env point-robot
 import os
 import sys
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import tyro
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import gentle  # noqa: E402
 from common.datasets import TaskBatchSampler, load_dataset, normalization_stats  # noqa: E402
 from common.envs import get_tasks, train_test_split  # noqa: E402

@@ -1,7 +1,7 @@
 # The development-set table of results/dev/metanf_study.md: every candidate against the default, seed by seed, with the
 # selection rule written there (score = mean of the zero-shot train and test returns; change only if the mean paired
 # difference exceeds its standard error). Run from the repository root:
-#   python results/dev/study_table.py --runs-dir results/dev/runs
+#   python results/tools/study_table.py --runs-dir results/dev/runs
 import glob
 import json
 import os
