@@ -168,7 +168,7 @@ LOG_STD_MAX = 0
 LOG_STD_MIN = -20
 
 
-class Actor(nn.Module):
+class GaussianActor(nn.Module):
     """tanh-Gaussian policy on [s, z]; TD3+BC trains its reparameterized sample and acts with tanh(mean)."""
 
     def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
@@ -266,8 +266,8 @@ class CSRO:
         latent, hidden = args.latent_dim, args.hidden_dim
         self.encoder = Encoder(obs_dim, act_dim, latent, args.encoder_hidden_dim).to(device)
         self.club_net = ClubNetwork(obs_dim, act_dim, latent, args.encoder_hidden_dim).to(device)
-        self.actor = Actor(obs_dim, act_dim, latent, hidden).to(device)
-        self.actor_target = Actor(obs_dim, act_dim, latent, hidden).to(device)
+        self.actor = GaussianActor(obs_dim, act_dim, latent, hidden).to(device)
+        self.actor_target = GaussianActor(obs_dim, act_dim, latent, hidden).to(device)
         self.qf1 = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
         self.qf2 = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
         self.qf1_target = QNetwork(obs_dim, act_dim, latent, hidden).to(device)

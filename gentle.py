@@ -196,7 +196,7 @@ LOG_STD_MAX = 0
 LOG_STD_MIN = -20
 
 
-class Actor(nn.Module):
+class GaussianActor(nn.Module):
     """tanh-Gaussian policy on [s, z]; TD3+BC trains its reparameterized sample and acts with tanh(mean)."""
 
     def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
@@ -402,8 +402,8 @@ class GENTLE:
         self.next_obs_in_context = args.env in NEXT_OBS_IN_CONTEXT
         self.encoder = Encoder(obs_dim, act_dim, latent, args.encoder_hidden_dim, self.next_obs_in_context).to(device)
         self.decoder = Decoder(obs_dim, act_dim, latent, args.encoder_hidden_dim, self.next_obs_in_context).to(device)
-        self.actor = Actor(obs_dim, act_dim, latent, hidden).to(device)
-        self.actor_target = Actor(obs_dim, act_dim, latent, hidden).to(device)
+        self.actor = GaussianActor(obs_dim, act_dim, latent, hidden).to(device)
+        self.actor_target = GaussianActor(obs_dim, act_dim, latent, hidden).to(device)
         self.qf1 = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
         self.qf2 = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
         self.qf1_target = QNetwork(obs_dim, act_dim, latent, hidden).to(device)

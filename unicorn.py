@@ -149,7 +149,7 @@ LOG_STD_MAX = 0
 LOG_STD_MIN = -20
 
 
-class Actor(nn.Module):
+class GaussianActor(nn.Module):
     """tanh-Gaussian policy on [s, z]; TD3+BC trains its reparameterized sample and acts with tanh(mean)."""
 
     def __init__(self, obs_dim, act_dim, latent_dim, hidden_dim):
@@ -177,7 +177,7 @@ class QNetwork(nn.Module):
         return self.net(torch.cat([obs, actions, z], -1))
 
 
-FIELDS = ("observations", "actions", "next_observations", "rewards")
+TRANSITION_FIELDS = ("observations", "actions", "rewards", "next_observations")  # the order of transition_inputs
 
 
 def transition_inputs(context: dict) -> torch.Tensor:
@@ -240,7 +240,7 @@ class Decoder(nn.Module):
     def nll(self, z, context):
         """Reconstruction NLL of context transitions under codes z, the two broadcast against each other: (...,)."""
         shape = torch.broadcast_shapes(z.shape[:-1], context["observations"].shape[:-1])
-        obs, actions, next_obs, rewards = (context[k].expand(*shape, -1) for k in FIELDS)
+        obs, actions, rewards, next_obs = (context[k].expand(*shape, -1) for k in TRANSITION_FIELDS)
         x = torch.cat([z.expand(*shape, -1), obs, actions], -1)
         return gaussian_nll(*self.dynamics(x), next_obs - obs) + gaussian_nll(*self.reward(x), rewards)
 
@@ -267,8 +267,8 @@ class UNICORN:
         latent, hidden = args.latent_dim, args.hidden_dim
         self.encoder = Encoder(obs_dim, act_dim, latent, args.encoder_hidden_dim).to(device)
         self.decoder = Decoder(obs_dim, act_dim, latent, args.encoder_hidden_dim).to(device)
-        self.actor = Actor(obs_dim, act_dim, latent, hidden).to(device)
-        self.actor_target = Actor(obs_dim, act_dim, latent, hidden).to(device)
+        self.actor = GaussianActor(obs_dim, act_dim, latent, hidden).to(device)
+        self.actor_target = GaussianActor(obs_dim, act_dim, latent, hidden).to(device)
         self.qf1 = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
         self.qf2 = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
         self.qf1_target = QNetwork(obs_dim, act_dim, latent, hidden).to(device)
