@@ -743,7 +743,7 @@ def trajectory_figures(env: str, cells: dict, out_dir: str, name: str) -> list:
             ax.plot(*episode["goal"], "*", color="tab:red", markersize=14, label="goal")
             ax.plot(*xy[episode["settled"]], "s", color="tab:orange", label=f"code settled (step {episode['settled']})")
             ax.set(xlim=(-1.6, 1.6), ylim=(-1.6, 1.6), aspect="equal", title=f"test task {task_id}")
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="best")
         seed = os.path.basename(os.path.dirname(os.path.dirname(paths[0]))).split("__")[2]
         fig.suptitle(f"{exp}, zero-shot, seed {seed}")
         fig.tight_layout()

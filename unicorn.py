@@ -449,7 +449,7 @@ def capture_video(agent, eval_envs, task_sets, args, obs_mean, obs_std, device, 
             ax.plot(*goal, "*", color="tab:red", markersize=14, label="goal")
             ax.plot(*xy[settled], "s", color="tab:orange", label=f"code settled (step {settled})")
             ax.set(xlim=(-1.6, 1.6), ylim=(-1.6, 1.6), aspect="equal", title=f"{ALGORITHM}, {name} task {task_id}, step {step:,}")
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="best")
             fig.tight_layout()
             fig.savefig(path + ".png", dpi=100)
             fig.canvas.draw()
