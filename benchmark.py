@@ -232,7 +232,7 @@ def script_module(path: str):
 def command_settings(argv: list, resolve: bool = True) -> tuple:
     """(every argument the command's script runs with, as its args.json holds them; the names the command gives)."""
     module = script_module(argv[1])
-    flags = [a for a in argv[2:]]
+    flags = argv[2:]
     try:
         args = tyro.cli(module.Args, args=flags)
     except SystemExit:
