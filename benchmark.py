@@ -235,10 +235,11 @@ def command_settings(argv: list, resolve: bool = True) -> tuple:
     flags = argv[2:]
     try:
         args = tyro.cli(module.Args, args=flags)
-    except SystemExit:
+        if resolve:  # as the script resolves them: its family's defaults, then those that depend on other arguments
+            family = module.Args(env=args.env, **module.env_defaults(args.env))
+            args = module.resolve_unset(tyro.cli(module.Args, args=flags, default=family))
+    except (SystemExit, KeyError):
         raise SystemExit(f"error: the script rejects the arguments of `{shlex.join(argv)}`")
-    if resolve:
-        args = module.apply_env_defaults(args)
     names = {f.name for f in module.fields(module.Args)}
     given = set()
     for token in flags:
@@ -932,7 +933,7 @@ def speed(args: Speed):
     print("|---|---|---|---|---|---|")
     for name in args.algos:
         module = importlib.import_module(name)
-        algo_args = module.apply_env_defaults(module.Args(env=args.env))
+        algo_args = module.resolve_unset(module.Args(env=args.env, **module.env_defaults(args.env)))
         agent_class = next(v for k, v in vars(module).items() if isinstance(v, type) and hasattr(v, "NETWORKS"))
         agent = agent_class(obs_dim, act_dim, algo_args, device)
         m, bsz, ctx = algo_args.meta_batch_size, algo_args.batch_size, algo_args.context_size

@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, Optional
 
-import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
@@ -98,20 +97,20 @@ class Args:
     """RL transitions per task of the meta-batch"""
     context_size: int = 256
     """transitions in a training context of the task auto-encoder, real and pseudo together (GENTLE's 256)"""
-    few_shot_context: Optional[int] = None
-    """few-shot protocol: offline transitions appended to the context before each episode (if unset: the horizon)"""
-    latent_dim: Optional[int] = None
-    """size of the task representation z (if unset: 5; 10 for hopper-params and walker-params)"""
-    hidden_dim: Optional[int] = None
-    """width of the 3 hidden layers of actor and critics (if unset: 256; 64 for point-robot)"""
-    encoder_hidden_dim: Optional[int] = None
-    """width of the 3 hidden layers of the encoder and of the decoder (if unset: 256; 64 for point-robot)"""
+    few_shot_context: int = 20
+    """few-shot protocol: offline transitions appended to the context before each episode (the horizon)"""
+    latent_dim: int = 5
+    """size of the task representation z (5; 10 for hopper-params and walker-params)"""
+    hidden_dim: int = 64
+    """width of the 3 hidden layers of actor and critics (256; 64 for point-robot)"""
+    encoder_hidden_dim: int = 64
+    """width of the 3 hidden layers of the encoder and of the decoder (256; 64 for point-robot)"""
     recon_weight: float = 10.0
     """weight of the task auto-encoder's reconstruction loss"""
     lr: float = 3e-4
     """learning rate of actor, critics, encoder and decoder"""
-    gamma: Optional[float] = None
-    """discount factor (if unset: 0.99; 0.9 for point-robot)"""
+    gamma: float = 0.9
+    """discount factor (0.99; 0.9 for point-robot)"""
     tau: float = 0.005
     """target smoothing coefficient"""
     reward_scale: float = 5.0
@@ -133,13 +132,13 @@ class Args:
     """gradient steps between two rebuilds of the pseudo-transitions (GENTLE: once per 400-step iteration)"""
     relabel_states: int = 2560
     """offline states per training task relabelled at each rebuild"""
-    negative_tasks: Optional[int] = None
-    """other training tasks whose ensembles also label a task's relabelled states (if unset: 3; 1 for cheetah-dir; at most
+    negative_tasks: int = 3
+    """other training tasks whose ensembles also label a task's relabelled states (3; 1 for cheetah-dir; at most
     the number of other training tasks)"""
     ensemble_size: int = 7
     """dynamics models per training task"""
-    ensemble_hidden_dim: Optional[int] = None
-    """width of the 3 hidden (Swish) layers of a dynamics model (if unset: 256; 64 for point-robot)"""
+    ensemble_hidden_dim: int = 64
+    """width of the 3 hidden (Swish) layers of a dynamics model (256; 64 for point-robot)"""
     ensemble_lr: float = 1e-3
     """learning rate of the dynamics models"""
     ensemble_batch_size: int = 256
@@ -155,28 +154,27 @@ class Args:
     its own ensembles, as GENTLE fits them per run)"""
     dynamics_dir: Optional[str] = None
     """where fitted ensembles are kept and looked up (if unset: {data_dir}/{env}/{behavior}/dynamics)"""
-    one_shot_samples: Optional[int] = None
-    """one-shot protocol: transitions collected under z = 0 with the stochastic policy (if unset: the horizon)"""
+    one_shot_samples: int = 20
+    """one-shot protocol: transitions collected under z = 0 with the stochastic policy (the horizon)"""
     one_shot_steps: int = 600
     """one-shot protocol: scored env steps per task and run (GENTLE's num_steps_per_eval)"""
 
 
-def apply_env_defaults(args: Args) -> Args:
-    point = args.env == "point-robot"
-    args.few_shot_context = args.few_shot_context if args.few_shot_context is not None else HORIZONS[args.env]
-    args.latent_dim = args.latent_dim if args.latent_dim is not None else (
-        10 if args.env in ("hopper-params", "walker-params") else 5
-    )
-    args.hidden_dim = args.hidden_dim if args.hidden_dim is not None else (64 if point else 256)
-    args.gamma = args.gamma if args.gamma is not None else (0.9 if point else 0.99)
-    args.encoder_hidden_dim = args.encoder_hidden_dim if args.encoder_hidden_dim is not None else (64 if point else 256)
-    args.ensemble_hidden_dim = args.ensemble_hidden_dim if args.ensemble_hidden_dim is not None else (64 if point else 256)
+def env_defaults(env: str) -> dict:
+    """The defaults that depend on the task family (`--env X --help` shows X's; Args() holds point-robot's). In code:
+    resolve_unset(Args(env=X, **env_defaults(X), **overrides))."""
+    point, params = env == "point-robot", env in ("hopper-params", "walker-params")
+    return dict(few_shot_context=HORIZONS[env], latent_dim=10 if params else 5, hidden_dim=64 if point else 256,
+                gamma=0.9 if point else 0.99, encoder_hidden_dim=64 if point else 256,
+                ensemble_hidden_dim=64 if point else 256, negative_tasks=1 if env == "cheetah-dir" else 3,
+                one_shot_samples=HORIZONS[env])
+
+
+def resolve_unset(args: Args) -> Args:
+    """The defaults that depend on other arguments."""
     n_train_tasks = 2 if args.env == "cheetah-dir" else args.n_train
-    args.meta_batch_size = args.meta_batch_size if args.meta_batch_size is not None else n_train_tasks
-    args.negative_tasks = args.negative_tasks if args.negative_tasks is not None else (1 if args.env == "cheetah-dir" else 3)
-    args.one_shot_samples = args.one_shot_samples if args.one_shot_samples is not None else HORIZONS[args.env]
-    args.dynamics_seed = args.dynamics_seed if args.dynamics_seed is not None else args.seed
-    return args
+    return replace(args, meta_batch_size=args.meta_batch_size or n_train_tasks,
+                   dynamics_seed=args.seed if args.dynamics_seed is None else args.dynamics_seed)
 
 
 # GENTLE's use_next_obs_in_context (true only in its hopper and walker rand-params configs): there the tasks differ in
@@ -581,6 +579,7 @@ def evaluate(agent, envs, sampler, protocol, args, obs_mean, obs_std, device, on
             obs = next_obs
     return returns.mean(1)
 
+
 def settled_step(codes: np.ndarray) -> int:
     """The first step from which the acting code stays within a tenth of its largest distance to the episode's final
     code: when the inferred task settled."""
@@ -589,60 +588,39 @@ def settled_step(codes: np.ndarray) -> int:
     return int(above[-1] + 1) if len(above) else 0
 
 
-def capture_video(agent, eval_envs, task_sets, args, obs_mean, obs_std, device, run_dir, writer, step):
-    """--capture-video: one zero-shot episode per task, written under {run_dir}/videos/: for the first VIDEO_TASKS train
-    and test tasks of a MuJoCo family an MP4 rendered offscreen with the mujoco bindings; for every point-robot task a
-    picture of the trajectory in the plane with the goal, the start and the step at which the acting code settled (also
-    logged to TensorBoard, and the positions in trajectories.json)."""
-    video_dir = os.path.join(run_dir, "videos")
+def capture_video(agent, task_sets, args, obs_mean, obs_std, device, run_dir, writer, step):
+    """--capture-video: one zero-shot episode per task, rendered by its env under {run_dir}/videos/: an MP4 of the
+    first VIDEO_TASKS train and test tasks of a MuJoCo family; for every point-robot task a picture of its path (also
+    in TensorBoard), and in trajectories.json its states and the step at which the acting code settled."""
+    video_dir, point = os.path.join(run_dir, "videos"), args.env == "point-robot"
     os.makedirs(video_dir, exist_ok=True)
     one_episode, trajectories = replace(args, eval_episodes=1), {}
     for name, (ids, sampler) in task_sets.items():
-        for env, task_id in list(zip(eval_envs[name], ids))[: None if args.env == "point-robot" else VIDEO_TASKS]:
-            states, codes, frames = [env.reset(seed=args.seed)[0]], [], []  # evaluate's episode 0 starts here too
-            renderer = None if args.env == "point-robot" else mujoco.Renderer(env.unwrapped.model, 240, 320)
-            camera = mujoco.MjvCamera()  # follows the root body (the torso) from the side
-            camera.type, camera.trackbodyid, camera.elevation = mujoco.mjtCamera.mjCAMERA_TRACKING, 1, -15.0
-            camera.distance, camera.azimuth = 4.0, 90.0
+        for task_id in ids[: None if point else VIDEO_TASKS]:
+            env = make_env(args.env, task_id, args.n_tasks, args.task_seed, render_mode="rgb_array")
+            states, codes = [env.reset(seed=args.seed)[0]], []  # evaluate's episode 0 starts here too
+            frames = [] if point else [env.render()]
 
-            def on_step(next_obs, z, env=env, renderer=renderer):
+            def on_step(next_obs, z, env=env, frames=frames):
                 states.append(next_obs[0].copy())
                 codes.append(z[0].cpu().numpy())
-                if renderer:
-                    renderer.update_scene(env.unwrapped.data, camera)
-                    frames.append(renderer.render())
+                frames.extend([] if point else [env.render()])
 
-            if renderer:
-                renderer.update_scene(env.unwrapped.data, camera)
-                frames.append(renderer.render())
             evaluate(agent, [env], sampler, "zero_shot", one_episode, obs_mean, obs_std, device, on_step=on_step)
             path = os.path.join(video_dir, f"{name}_task{task_id:02d}")
-            if renderer:
+            if point:
+                from matplotlib.image import imsave
+
+                picture, settled = env.render(), settled_step(np.array(codes))
+                trajectories.setdefault(name, {})[str(task_id)] = {
+                    "states": np.array(states).tolist(), "goal": env.unwrapped.task["goal"], "settled": settled}
+                imsave(path + ".png", picture)
+                writer.add_image(f"videos/{name}_task{task_id:02d}", picture, step, dataformats="HWC")
+            else:
                 import imageio
 
-                imageio.mimwrite(path + ".mp4", frames, fps=round(1 / env.unwrapped.dt))
-                renderer.close()
-                continue
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            xy, goal, settled = np.array(states), env.unwrapped.task["goal"], settled_step(np.array(codes))
-            trajectories.setdefault(name, {})[str(task_id)] = {"states": xy.tolist(), "goal": goal, "settled": settled}
-            fig, ax = plt.subplots(figsize=(4, 4))
-            ax.plot(xy[:, 0], xy[:, 1], ".-", color="tab:blue", label="trajectory")
-            ax.plot(*xy[0], "o", color="tab:green", label="start")
-            ax.plot(*goal, "*", color="tab:red", markersize=14, label="goal")
-            ax.plot(*xy[settled], "s", color="tab:orange", label=f"code settled (step {settled})")
-            ax.set(xlim=(-1.6, 1.6), ylim=(-1.6, 1.6), aspect="equal", title=f"{ALGORITHM}, {name} task {task_id}, step {step:,}")
-            ax.legend(fontsize=7, loc="best")
-            fig.tight_layout()
-            fig.savefig(path + ".png", dpi=100)
-            fig.canvas.draw()
-            writer.add_image(f"videos/{name}_task{task_id:02d}", np.asarray(fig.canvas.buffer_rgba())[..., :3], step,
-                             dataformats="HWC")
-            plt.close(fig)
+                imageio.mimwrite(path + ".mp4", frames, fps=env.metadata["render_fps"])
+            env.close()
     if trajectories:
         atomic_write_json(os.path.join(video_dir, "trajectories.json"), trajectories)
 
@@ -752,61 +730,47 @@ def check_args(args: Args):
         fail(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu or auto")
 
 
-def load_checkpoint(path: str, args: Args) -> dict:
+def parse_args(argv: list) -> tuple:
+    """(Args, the checkpoint or None): the command line over the defaults of the family --env names; with --checkpoint,
+    over the saved run's arguments, of which only RESUME_OPTIONS (with --eval-only also EVALUATION_OPTIONS) may change."""
+    tokens = [t for token in argv for t in (token.split("=", 1) if token.startswith("--env=") else [token])]
+    env = next((value for flag, value in zip(tokens, tokens[1:]) if flag == "--env"), Args.env)
+    args = tyro.cli(Args, args=argv, default=Args(env=env, **(env_defaults(env) if env in ENV_NAMES else {})))
+    check_args(args)
+    if args.checkpoint is None:
+        return resolve_unset(args), None
+    path = args.checkpoint
     if not os.path.exists(path):
         fail(f"--checkpoint {path}: no such file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated or not a torch file
         fail(f"--checkpoint {path}: not a readable checkpoint ({type(e).__name__}: {e})")
-    if not isinstance(checkpoint, dict) or checkpoint.get("algorithm") != ALGORITHM:
-        found = checkpoint.get("algorithm") if isinstance(checkpoint, dict) else None
+    found = checkpoint.get("algorithm") if isinstance(checkpoint, dict) else None
+    if found != ALGORITHM:
         fail(f"--checkpoint {path}: is a checkpoint of {found!r}, not of {ALGORITHM}; use its own script")
-    trained_env = checkpoint["args"]["env"]
-    if trained_env != args.env:
-        fail(f"--checkpoint {path}: was trained on {trained_env}, not {args.env}; pass --env {trained_env}")
-    return checkpoint
-
-
-def command_line_fields() -> set:
-    """The fields that a flag on the command line names (--field-name, or --no-field-name for a boolean)."""
-    names, given = {f.name for f in fields(Args)}, set()
-    for token in sys.argv[1:]:
-        if token.startswith("--"):
-            name = token[2:].split("=")[0].replace("-", "_")
-            given.add(name[3:] if name not in names and name.startswith("no_") else name)
-    return given
-
-
-def resolve_args(args: Args, checkpoint: dict) -> Args:
-    """The saved run's arguments, with the options that may change taken from the command line where it gives them; a
-    flag that contradicts the saved run is an error that names it."""
     saved = checkpoint["args"]
+    if saved["env"] != args.env:
+        fail(f"--checkpoint {path}: was trained on {saved['env']}, not {args.env}; pass --env {saved['env']}")
     unknown = sorted(set(saved) - {f.name for f in fields(Args)})
     if unknown:
-        fail(f"--checkpoint {args.checkpoint}: was saved by another version of {ALGORITHM}.py, with options this one has "
-             f"no more ({', '.join('--' + k.replace('_', '-') for k in unknown)}); use the version that saved it")
+        fail(f"--checkpoint {path}: was saved by another version of {ALGORITHM}.py, with options this one has no more "
+             f"({', '.join('--' + k.replace('_', '-') for k in unknown)}); use the version that saved it")
+    resumed = tyro.cli(Args, args=argv, default=Args(**{**saved, "checkpoint": path, "eval_only": False}))
     changeable = RESUME_OPTIONS + (EVALUATION_OPTIONS if args.eval_only else ())
-    given = command_line_fields()
-    for name in sorted(given - set(changeable)):
-        if name in saved and getattr(args, name) != saved[name]:
+    for name in sorted(set(saved) - set(changeable)):
+        if getattr(resumed, name) != saved[name]:
             allowed = ", ".join("--" + k.replace("_", "-") for k in changeable[2:])
-            fail(f"--{name.replace('_', '-')} {getattr(args, name)}: the run of {args.checkpoint} has {saved[name]}, and "
-                 f"with --checkpoint{' --eval-only' if args.eval_only else ''} only these may change: {allowed}")
-    chosen = {k: getattr(args, k) for k in changeable if k in given or k in ("checkpoint", "eval_only")}
-    return Args(**{**saved, **chosen})
+            fail(f"--{name.replace('_', '-')} {getattr(resumed, name)}: the run of {path} has {saved[name]}, and with "
+                 f"--checkpoint{' --eval-only' if args.eval_only else ''} only these may change: {allowed}")
+    return resolve_unset(resumed), checkpoint
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    check_args(args)
-    checkpoint = load_checkpoint(args.checkpoint, args) if args.checkpoint else None
-    if checkpoint:
-        args = resolve_args(args, checkpoint)
-    args = apply_env_defaults(args)
+    args, checkpoint = parse_args(sys.argv[1:])
     train_ids, test_ids = train_test_split(args.env, args.n_tasks, args.n_train)
     if not 1 <= args.meta_batch_size <= len(train_ids):
-        fail(f"--meta-batch-size {args.meta_batch_size}: GENTLE draws the meta-batch's tasks without replacement, so it "
+        fail(f"--meta-batch-size {args.meta_batch_size}: the meta-batch's tasks are drawn without replacement, so it "
              f"takes 1 to {len(train_ids)} (the number of training tasks)")
     try:
         task_ids = sorted(set(train_ids + test_ids))
@@ -814,7 +778,7 @@ if __name__ == "__main__":
     except DatasetError as e:
         raise SystemExit(f"error: {e}")
     data_fingerprint = dataset.fingerprint()
-    if checkpoint and checkpoint.get("data_fingerprint", data_fingerprint) != data_fingerprint:  # absent: older checkpoints
+    if checkpoint and checkpoint.get("data_fingerprint") != data_fingerprint:
         mismatch = f"--checkpoint {args.checkpoint}: its run trained on other data than {args.data_dir} holds for {args.env}"
         if not args.eval_only:
             fail(f"{mismatch}; resume it with --data-dir set to the data it trained on, or start a new run")
@@ -838,39 +802,32 @@ if __name__ == "__main__":
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    device = torch.device(device_name)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
 
-    obs_mean, obs_std = normalization_stats(dataset, train_ids)
-    if checkpoint:
-        obs_mean, obs_std = checkpoint["obs_mean"], checkpoint["obs_std"]
+    obs_mean, obs_std = (checkpoint["obs_mean"], checkpoint["obs_std"]) if checkpoint else normalization_stats(dataset, train_ids)
     train_sampler = TaskBatchSampler(dataset, train_ids, obs_mean, obs_std, device)
     test_sampler = TaskBatchSampler(dataset, test_ids, obs_mean, obs_std, device)
     agent = GENTLE(dataset.obs_dim, dataset.act_dim, args, device)
-    start_step = 0
+    start_step = checkpoint["step"] if checkpoint else 0
     if checkpoint:
         agent.load_state_dict(checkpoint["agent"])
-        start_step = checkpoint["step"]
         torch.set_rng_state(checkpoint["rng_state"])
-        if "numpy_rng_state" in checkpoint:  # checkpoints of earlier versions hold only the torch CPU state
-            np.random.set_state(checkpoint["numpy_rng_state"])
-            random.setstate(checkpoint["python_rng_state"])
-            if device.type == "cuda" and checkpoint["cuda_rng_state"] is not None:
-                torch.cuda.set_rng_state_all(checkpoint["cuda_rng_state"])
+        np.random.set_state(checkpoint["numpy_rng_state"])
+        random.setstate(checkpoint["python_rng_state"])
+        if device.type == "cuda" and checkpoint["cuda_rng_state"] is not None:
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng_state"])
     if args.pseudo_transitions and not args.eval_only:
         agent.ensemble, dynamics = load_or_fit_dynamics(train_sampler, dataset.obs_dim, dataset.act_dim, args, device)
         writer.add_scalar("dynamics/holdout_mse", float(dynamics["holdout_mse"].mean()), 0)
         writer.add_scalar("dynamics/fit_time", dynamics["fit_time"], 0)
-    eval_envs = {
-        "train": [make_env(args.env, i, args.n_tasks, args.task_seed) for i in train_ids],
-        "test": [make_env(args.env, i, args.n_tasks, args.task_seed) for i in test_ids],
-    }
     task_sets = {"train": (train_ids, train_sampler), "test": (test_ids, test_sampler)}
+    eval_envs = {name: [make_env(args.env, i, args.n_tasks, args.task_seed) for i in ids] for name, (ids, _) in task_sets.items()}
 
     def run_evaluation(step: int) -> dict:
         results = {"algorithm": ALGORITHM, "env": args.env, "seed": args.seed, "step": step, "total_steps": args.total_steps,
                    "data_fingerprint": data_fingerprint}
-        for protocol in ("zero_shot", "few_shot", "one_shot"):
+        protocols = ("zero_shot", "few_shot", "one_shot")
+        for protocol in protocols:
             results[protocol] = {}
             for name, (ids, sampler) in task_sets.items():
                 if protocol == "one_shot":
@@ -880,13 +837,9 @@ if __name__ == "__main__":
                 per_task = {str(i): float(r) for i, r in zip(ids, returns)}
                 results[protocol][name] = {"mean": float(returns.mean()), "per_task": per_task}
                 writer.add_scalar(f"eval/{protocol}/{name}_return", returns.mean(), step)
-        zero_shot, few_shot, one_shot = results["zero_shot"], results["few_shot"], results["one_shot"]
-        print(
-            f"step {step}: zero-shot train {zero_shot['train']['mean']:.2f} test {zero_shot['test']['mean']:.2f}"
-            f" | few-shot train {few_shot['train']['mean']:.2f} test {few_shot['test']['mean']:.2f}"
-            f" | one-shot train {one_shot['train']['mean']:.2f} test {one_shot['test']['mean']:.2f}",
-            flush=True,
-        )
+        print(f"step {step}: " + " | ".join(
+            f"{p.replace('_', '-')} train {results[p]['train']['mean']:.2f} test {results[p]['test']['mean']:.2f}"
+            for p in protocols), flush=True)
         return results
 
     if args.eval_only:
@@ -894,18 +847,16 @@ if __name__ == "__main__":
         results.update(total_steps=checkpoint["args"]["total_steps"], checkpoint=args.checkpoint)
         atomic_write_json(os.path.join(run_dir, "results.json"), results)
         if args.capture_video:
-            capture_video(agent, eval_envs, task_sets, args, obs_mean, obs_std, device, run_dir, writer, checkpoint["step"])
+            capture_video(agent, task_sets, args, obs_mean, obs_std, device, run_dir, writer, checkpoint["step"])
         writer.close()
         raise SystemExit(0)
 
     n_transitions = sum(len(dataset.tasks[i]["rewards"]) for i in train_ids)
-    print(
-        f"{ALGORITHM} on {args.env}: {len(train_ids)} training tasks ({n_transitions:,} transitions of {args.behavior} data), "
-        f"{len(test_ids)} test tasks, {args.total_steps - start_step:,} gradient steps on {device}; logs in {run_dir}",
-        flush=True,
-    )
+    print(f"{ALGORITHM} on {args.env}: {len(train_ids)} training tasks ({n_transitions:,} transitions of {args.behavior} "
+          f"data), {len(test_ids)} test tasks, {args.total_steps - start_step:,} gradient steps on {device}; logs in "
+          f"{run_dir}", flush=True)
     start_time, last_log, evaluation_time, evaluations = time.time(), start_step, 0.0, 0
-    earlier_wall_time = checkpoint.get("wall_time", 0.0) if checkpoint else 0.0
+    earlier_wall_time = checkpoint["wall_time"] if checkpoint else 0.0
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     stop_signal = []  # Ctrl-C or SIGTERM: the run saves a checkpoint at the end of its current step and exits
 
@@ -927,21 +878,17 @@ if __name__ == "__main__":
             values = {k: v.item() for k, v in log.items()}
             bad = [k for k, v in values.items() if not np.isfinite(v)]
             if bad:
-                raise SystemExit(
-                    f"error: {', '.join(bad)} became non-finite between steps {last_log} and {step}; the run stops here "
-                    f"(the last checkpoint, of an earlier evaluation, is kept in {run_dir})"
-                )
+                raise SystemExit(f"error: {', '.join(bad)} became non-finite between steps {last_log} and {step}; the "
+                                 f"run stops here (its last checkpoint, of an earlier step, is kept in {run_dir})")
             for k, v in values.items():
                 writer.add_scalar(k, v, step)
             elapsed = time.time() - start_time
             writer.add_scalar("charts/SPS", (step - start_step) / elapsed, step)
             update_rate = (step - start_step) / max(elapsed - evaluation_time, 1e-9)  # evaluations apart
-            evaluations_left = args.total_steps // args.eval_every - (step - 1) // args.eval_every + (
-                args.total_steps % args.eval_every != 0)
+            evaluations_left = -(-args.total_steps // args.eval_every) - (step - 1) // args.eval_every
             seconds_left = (args.total_steps - step) / update_rate + evaluations_left * evaluation_time / max(evaluations, 1)
-            eta = datetime.timedelta(seconds=round(seconds_left))  # "1 day, 6:00:00" past 24 h
-            print(f"step {step}/{args.total_steps} | {update_rate:,.1f} updates/s | ETA {eta}"
-                  f"{'' if evaluations else ' + evaluations'}", flush=True)
+            print(f"step {step}/{args.total_steps} | {update_rate:,.1f} updates/s | ETA "
+                  f"{datetime.timedelta(seconds=round(seconds_left))}{'' if evaluations else ' + evaluations'}", flush=True)
             last_log = step
         evaluated = step % args.eval_every == 0 or step == args.total_steps
         if evaluated:
@@ -951,25 +898,16 @@ if __name__ == "__main__":
             results["wall_time"] = earlier_wall_time + time.time() - start_time  # of the whole run, resumed or not
             results["updates_per_second"] = (step - start_step) / (time.time() - start_time)
         if args.save_model and (evaluated or step % args.checkpoint_every == 0 or stop_signal):
-            state = {
-                "algorithm": ALGORITHM,
-                "args": asdict(args),
-                "step": step,
-                "agent": agent.state_dict(),
-                "obs_mean": obs_mean,
-                "obs_std": obs_std,
-                "data_fingerprint": data_fingerprint,
-                "rng_state": torch.get_rng_state(),
-                "cuda_rng_state": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                "numpy_rng_state": np.random.get_state(),
-                "python_rng_state": random.getstate(),
-                "wall_time": earlier_wall_time + time.time() - start_time,
-            }
+            state = {"algorithm": ALGORITHM, "args": asdict(args), "step": step, "agent": agent.state_dict(),
+                     "obs_mean": obs_mean, "obs_std": obs_std, "data_fingerprint": data_fingerprint,
+                     "rng_state": torch.get_rng_state(), "numpy_rng_state": np.random.get_state(),
+                     "python_rng_state": random.getstate(), "wall_time": earlier_wall_time + time.time() - start_time,
+                     "cuda_rng_state": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}
             atomic_write(checkpoint_path, lambda p: torch.save(state, p), suffix=".pt")
         if evaluated:
             atomic_write_json(os.path.join(run_dir, "results.json"), results)
         if args.capture_video and step == args.total_steps:
-            capture_video(agent, eval_envs, task_sets, args, obs_mean, obs_std, device, run_dir, writer, step)
+            capture_video(agent, task_sets, args, obs_mean, obs_std, device, run_dir, writer, step)
         if stop_signal:
             writer.close()
             saved = (f"checkpoint saved; resume with: python {sys.argv[0]} --env {args.env} --checkpoint {checkpoint_path}"

@@ -107,14 +107,16 @@ def _task_env(name: str, task_id: int = 0, n_tasks: int = DEFAULT_N_TASKS, task_
 class PointRobotEnv(gym.Env):
     """2-D navigation (GENTLE's variant): s' = s + a with a in [-0.1, 0.1]^2, r = -||s' - goal||."""
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
     max_action = 0.1
 
-    def __init__(self, task: dict):
+    def __init__(self, task: dict, render_mode: Optional[str] = None):
         self.observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float64)
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.render_mode = render_mode
         self.set_task(task)
         self._state = np.zeros(2)
+        self._path = []  # the states since the last reset, for render()
 
     def set_task(self, task: dict):
         self.task = {"goal": [float(g) for g in task["goal"]]}
@@ -123,13 +125,32 @@ class PointRobotEnv(gym.Env):
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
         super().reset(seed=seed)
         self._state = self.np_random.uniform(-1.0, 1.0, size=2)
+        self._path = [self._state.copy()]
         return self._state.copy(), {}
 
     def step(self, action):
         env_action = np.clip(self.max_action * np.asarray(action, dtype=np.float64), -self.max_action, self.max_action)
         self._state = self._state + env_action
+        self._path.append(self._state.copy())
         reward = -float(np.linalg.norm(self._state - self._goal))
         return self._state.copy(), reward, False, False, {}
+
+    def render(self) -> np.ndarray:
+        """rgb_array: a 400x400 picture of the path since the last reset, with its start and the goal."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4, 4), dpi=100)
+        ax, path = fig.subplots(), np.array(self._path)
+        ax.plot(path[:, 0], path[:, 1], ".-", color="tab:blue", label="path")
+        ax.plot(*path[0], "o", color="tab:green", label="start")
+        ax.plot(*self._goal, "*", color="tab:red", markersize=14, label="goal")
+        ax.set(xlim=(-1.6, 1.6), ylim=(-1.6, 1.6), aspect="equal", title=f"goal ({self._goal[0]:.2f}, {self._goal[1]:.2f})")
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 class TaskMujocoEnv(MujocoEnv):
@@ -138,6 +159,10 @@ class TaskMujocoEnv(MujocoEnv):
     metadata = {"render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"]}
 
     def __init__(self, xml_file: str, frame_skip: int, obs_dim: int, timestep: Optional[float] = None, **kwargs):
+        # render_mode="rgb_array": 320x240 frames from a camera that follows the root body from the side
+        kwargs = {"width": 320, "height": 240, "default_camera_config": {
+            "type": int(mujoco.mjtCamera.mjCAMERA_TRACKING), "trackbodyid": 1, "distance": 4.0, "azimuth": 90.0,
+            "elevation": -15.0}, **kwargs}
         obs_space = spaces.Box(-np.inf, np.inf, (obs_dim,), np.float64)
         MujocoEnv.__init__(self, os.path.join(_ASSETS, xml_file), frame_skip, obs_space, **kwargs)
         if timestep is not None:

@@ -19,6 +19,13 @@ import metanf  # noqa: E402
 import select_omrl  # noqa: E402
 import unicorn  # noqa: E402
 
+
+def resolved(module, **values):
+    """A script's Args for these values, as its command line resolves them: its family's defaults, then those that
+    depend on other arguments."""
+    env = values.get("env", module.Args.env)
+    return module.resolve_unset(module.Args(**{**module.env_defaults(env), **values}))
+
 SCRIPTS = ["focal", "unicorn", "metanf", "csro", "select_omrl", "gentle"]
 # past every warm-up: the actor is updated every 2nd step, losses logged every 10, evaluated at 20 and 40
 TINY = ["--env", "point-robot", "--n-tasks", "4", "--n-train", "2", "--total-steps", "40", "--eval-every", "20",
@@ -337,7 +344,7 @@ def test_update_stays_on_its_device_and_never_reads_a_value_back(script):
     data. So an update that runs here keeps to the training device and never waits for it."""
     module = {"focal": focal, "unicorn": unicorn, "metanf": metanf, "csro": csro, "select_omrl": select_omrl,
               "gentle": gentle}[script]
-    args = module.apply_env_defaults(module.Args(env="point-robot"))
+    args = resolved(module, env="point-robot")
     device = torch.device("meta")
     agent_class = next(v for v in vars(module).values() if isinstance(v, type) and hasattr(v, "NETWORKS"))
     agent = agent_class(2, 2, args, device)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import csro  # noqa: E402
+from test_algorithms import resolved  # noqa: E402
 
 
 def club_upper_bound_by_pairs(codes, mean, var):
@@ -62,7 +63,7 @@ def test_club_network_bounds_its_mean_and_variance():
 
 
 def make_agent(**overrides):
-    args = csro.apply_env_defaults(csro.Args(env="point-robot", n_tasks=6, n_train=3, **overrides))
+    args = resolved(csro, env="point-robot", n_tasks=6, n_train=3, **overrides)
     torch.manual_seed(0)
     return csro.CSRO(obs_dim=2, act_dim=2, args=args, device="cpu"), args
 

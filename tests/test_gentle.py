@@ -11,11 +11,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import gentle  # noqa: E402
 from test_csro import EpisodeCountingEnv  # noqa: E402
+from test_algorithms import resolved  # noqa: E402
 
 
 def gentle_args(**overrides):
     settings = {"env": "point-robot", "n_tasks": 6, "n_train": 3, "ensemble_hidden_dim": 32, "relabel_states": 64}
-    return gentle.apply_env_defaults(gentle.Args(**{**settings, **overrides}))
+    return resolved(gentle, **{**settings, **overrides})
 
 
 def linear_sampler(sizes=(400, 300), seed=0):
@@ -59,8 +60,8 @@ def test_decoder_targets_and_tae_loss_hand_computed():
 def test_the_reward_families_reconstruct_r_and_the_dynamics_families_r_and_the_state_change(env, outputs):
     """GENTLE's use_next_obs_in_context: the reward's weight in the encoder's loss is recon_weight (10) where r is
     reconstructed alone, and recon_weight / (1 + obs_dim) per output where (r, s' - s) are (here obs_dim = 2)."""
-    args = gentle.apply_env_defaults(gentle.Args(env=env, n_tasks=6, n_train=3, encoder_hidden_dim=8, hidden_dim=8,
-                                                 latent_dim=2))
+    args = resolved(gentle, env=env, n_tasks=6, n_train=3, encoder_hidden_dim=8, hidden_dim=8,
+                                                 latent_dim=2)
     agent = gentle.GENTLE(obs_dim=2, act_dim=1, args=args, device="cpu")
     assert agent.encoder.net[0].in_features == 2 + 1 + 1 + (2 if outputs == 3 else 0)  # (s, a, r) or (s, a, r, s')
     assert agent.decoder.net[-1].out_features == outputs
@@ -253,7 +254,7 @@ def test_one_shot_protocol_worked_example():
 
 
 def test_defaults_follow_gentle_configs():
-    point, cheetah_dir = gentle_args(), gentle.apply_env_defaults(gentle.Args(env="cheetah-dir"))
+    point, cheetah_dir = gentle_args(), resolved(gentle, env="cheetah-dir")
     assert (point.context_size, point.encoder_hidden_dim, point.one_shot_samples, point.negative_tasks) == (256, 64, 20, 3)
     assert (cheetah_dir.negative_tasks, cheetah_dir.meta_batch_size, cheetah_dir.one_shot_samples) == (1, 2, 200)
     assert point.pseudo_transitions and point.behavior == "expert"

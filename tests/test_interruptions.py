@@ -16,7 +16,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import benchmark  # noqa: E402
-from test_algorithms import SCRIPTS, load_results, run, tiny  # noqa: E402
+from test_algorithms import SCRIPTS, load_results, resolved, run, tiny  # noqa: E402
 
 
 def numeric(field) -> bool:
@@ -36,9 +36,9 @@ def bad_value(interval: str):
 def test_every_numeric_argument_has_a_range_and_a_value_outside_it_is_refused(script, monkeypatch):
     module = __import__(script)
     monkeypatch.setattr(sys, "argv", [f"{script}.py"])
-    module.check_args(module.apply_env_defaults(module.Args()))  # the defaults of every family pass
+    module.check_args(resolved(module))  # the defaults of every family pass
     for env in ("cheetah-vel", "hopper-params", "humanoid-dir"):
-        module.check_args(module.apply_env_defaults(module.Args(env=env)))
+        module.check_args(resolved(module, env=env))
     for field in dataclasses.fields(module.Args):
         if not numeric(field):
             continue

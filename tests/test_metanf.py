@@ -9,6 +9,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import metanf  # noqa: E402
+from test_algorithms import resolved  # noqa: E402
 
 
 def make_flow(act_dim, seed=0, cond_dim=3, randomize=0.3):
@@ -151,18 +152,18 @@ def test_selection_with_the_real_decoder_matches_the_definition():
 
 
 def test_defaults_fill_per_env_values():
-    args = metanf.apply_env_defaults(metanf.Args(env="hopper-params"))
+    args = resolved(metanf, env="hopper-params")
     assert (args.latent_dim, args.hidden_dim, args.beta, args.gamma, args.context_size) == (10, 256, 1.5, 0.99, 200)
-    args = metanf.apply_env_defaults(metanf.Args(env="point-robot"))
+    args = resolved(metanf, env="point-robot")
     assert (args.latent_dim, args.hidden_dim, args.beta, args.gamma, args.context_size) == (5, 64, 1.0, 0.9, 20)
-    assert np.isclose(metanf.apply_env_defaults(metanf.Args(env="cheetah-vel", beta=0.0)).beta, 0.0)
+    assert np.isclose(resolved(metanf, env="cheetah-vel", beta=0.0).beta, 0.0)
     # the acting rule: the development study's winner for the flow, TD3+BC's tanh(mean) for the Gaussian actor
-    assert metanf.apply_env_defaults(metanf.Args()).act == "sample"
-    assert metanf.apply_env_defaults(metanf.Args(flow=False)).act == "zero"
+    assert resolved(metanf).act == "sample"
+    assert resolved(metanf, flow=False).act == "zero"
 
 
 def make_agent(flow=True, **overrides):
-    args = metanf.apply_env_defaults(metanf.Args(env="point-robot", flow=flow, **overrides))
+    args = resolved(metanf, env="point-robot", flow=flow, **overrides)
     torch.manual_seed(0)
     agent = metanf.MetaNF(obs_dim=2, act_dim=2, args=args, device="cpu")
     with torch.no_grad():  # a non-trivial flow (unsaturated actions) and critics

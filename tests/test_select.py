@@ -11,13 +11,14 @@ sys.path.insert(0, ROOT)
 import csro  # noqa: E402
 import select_omrl  # noqa: E402
 from test_csro import EpisodeCountingEnv, random_context  # noqa: E402
+from test_algorithms import resolved  # noqa: E402
 
 
 def make_agents(**overrides):
     """A SELECT and a CSRO agent built from the same seed (3 training tasks, 2-d states and actions)."""
     settings = {"env": "point-robot", "n_tasks": 6, "n_train": 3}
-    select_args = select_omrl.apply_env_defaults(select_omrl.Args(**settings, **overrides))
-    csro_args = csro.apply_env_defaults(csro.Args(**settings))
+    select_args = resolved(select_omrl, **settings, **overrides)
+    csro_args = resolved(csro, **settings)
     torch.manual_seed(0)
     select = select_omrl.SELECT(obs_dim=2, act_dim=2, args=select_args, device="cpu")
     torch.manual_seed(0)
@@ -214,7 +215,7 @@ def test_proximal_schedule_worked_example():
 
 
 def test_proximal_episodes_default_matches_the_non_prior_budget():
-    point = select_omrl.apply_env_defaults(select_omrl.Args(env="point-robot"))
-    cheetah = select_omrl.apply_env_defaults(select_omrl.Args(env="cheetah-vel"))
+    point = resolved(select_omrl, env="point-robot")
+    cheetah = resolved(select_omrl, env="cheetah-vel")
     assert (point.proximal_episodes, cheetah.proximal_episodes) == (20, 3)
     assert math.isclose(point.proximal_sigma, 0.1) and point.behavior == "mixed" and point.weighted_bc

@@ -36,7 +36,8 @@ class Args:
 if __name__ == "__main__":
     args = tyro.cli(Args)
     torch.manual_seed(args.seed)
-    gentle_args = gentle.apply_env_defaults(gentle.Args(env="point-robot", data_dir=args.data_dir, behavior=args.behavior))
+    gentle_args = gentle.resolve_unset(gentle.Args(env="point-robot", data_dir=args.data_dir, behavior=args.behavior,
+                                                    **gentle.env_defaults("point-robot")))
     dataset = load_dataset("point-robot", args.behavior, args.data_dir)
     train_ids, _ = train_test_split("point-robot", len(get_tasks("point-robot")), gentle_args.n_train)
     obs_mean, obs_std = normalization_stats(dataset, train_ids)

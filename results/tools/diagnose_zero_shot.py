@@ -106,7 +106,7 @@ if __name__ == "__main__":
             if results["step"] != cli.total_steps or "checkpoint" in results:  # an --eval-only run has no own training
                 continue
             checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=False)
-            args = metanf.apply_env_defaults(metanf.Args(**checkpoint["args"]))
+            args = metanf.Args(**checkpoint["args"])
             train_ids, test_ids = train_test_split(args.env, args.n_tasks, args.n_train)
             dataset = load_dataset(args.env, args.behavior, args.data_dir, sorted(set(train_ids + test_ids)), args.n_tasks,
                                    args.task_seed)
