@@ -114,7 +114,7 @@ class Args:
     tau: float = 0.005
     """target smoothing coefficient"""
     reward_scale: float = 5.0
-    """rewards are multiplied by this in the critic target"""
+    """rewards are multiplied by this in the critic target (GENTLE's 5)"""
     alpha: float = 2.5
     """TD3+BC: lambda = alpha / mean|min(Q1, Q2)|"""
     policy_noise: float = 0.2
@@ -190,7 +190,7 @@ def mlp(in_dim, out_dim, hidden_dim, n_hidden):
     return nn.Sequential(*layers, nn.Linear(dim, out_dim))
 
 
-LOG_STD_MAX = 0
+LOG_STD_MAX = 0  # GENTLE's TD3+BC actor clamps its log-std to [-20, 0]
 LOG_STD_MIN = -20
 
 

@@ -115,8 +115,8 @@ class Args:
     """weight of the BC term: the negative log-likelihood of the dataset action (flow) or the MSE to it (--no-flow)"""
     act: Optional[Literal["zero", "sample", "best-of-n"]] = None
     """evaluation action: the base latent x = 0; x ~ N(0, I) (seeded); or of x = 0 and --act-samples draws the one with
-    the highest min(Q1, Q2) (the Gaussian actor: tanh(mean + std x) likewise) (if unset: sample for the flow, chosen on a
-    development task set; zero for --no-flow, TD3+BC's tanh(mean))"""
+    the highest min(Q1, Q2) (the Gaussian actor: tanh(mean + std x) likewise) (if unset: sample for the flow; zero for
+    --no-flow, TD3+BC's tanh(mean))"""
     act_samples: int = 10
     """--act best-of-n: latent draws besides x = 0"""
     lr: float = 3e-4
@@ -126,7 +126,7 @@ class Args:
     tau: float = 0.005
     """target smoothing coefficient"""
     reward_scale: float = 5.0
-    """rewards are multiplied by this in the critic target"""
+    """rewards are multiplied by this in the critic target (GENTLE's 5)"""
     alpha: float = 2.5
     """TD3+BC: lambda = alpha / mean|min(Q1, Q2)|"""
     policy_noise: float = 0.2
@@ -161,7 +161,7 @@ def mlp(in_dim, out_dim, hidden_dim, n_hidden):
     return nn.Sequential(*layers, nn.Linear(dim, out_dim))
 
 
-LOG_STD_MAX = 0
+LOG_STD_MAX = 0  # GENTLE's TD3+BC actor clamps its log-std to [-20, 0]
 LOG_STD_MIN = -20
 
 
@@ -281,7 +281,7 @@ class FlowActor(nn.Module):
         c = self.embedding(torch.cat([obs, z], -1))
         return torch.tanh(self.transform(torch.zeros(*c.shape[:-1], self.act_dim, device=c.device), c)[0])
 
-    def action(self, obs, z, x):
+    def from_latent(self, obs, z, x):
         """tanh(f(x; s, z)) for a given base latent x."""
         return torch.tanh(self.transform(x, self.embedding(torch.cat([obs, z], -1)))[0])
 
@@ -471,7 +471,7 @@ class MetaNF:
         args, obs, actions = self.args, batch["observations"], batch["actions"]
         z = masked_mean(self.context_codes(transition_inputs(context)), mask)[:, None].expand(-1, obs.shape[1], -1)
         generator = torch.Generator(device=obs.device).manual_seed(step)
-        pi = self.policy_action(obs, z, torch.randn(*actions.shape, generator=generator, device=obs.device))
+        pi = self.action_from_latent(obs, z, torch.randn(*actions.shape, generator=generator, device=obs.device))
         min_qf_pi = torch.min(self.qf1(obs, pi, z), self.qf2(obs, pi, z))
         q_term = -args.alpha / min_qf_pi.abs().mean().detach() * min_qf_pi.mean()
         bc_term = args.bc_weight * (-self.actor.log_prob(obs, z, actions).mean() if args.flow else F.mse_loss(pi, actions))
@@ -490,10 +490,10 @@ class MetaNF:
         state = {k: getattr(self, k).state_dict() for k in self.NETWORKS + self.OPTIMIZERS}
         return {**state, "total_it": self.total_it}
 
-    def policy_action(self, obs, z, x):
+    def action_from_latent(self, obs, z, x):
         """The action of base latent x: tanh(f(x; s, z)) for the flow, tanh(mean + std x) for the Gaussian actor."""
         if self.args.flow:
-            return self.actor.action(obs, z, x)
+            return self.actor.from_latent(obs, z, x)
         mean, log_std = self.actor(obs, z)
         return torch.tanh(mean + log_std.exp() * x)
 
@@ -505,11 +505,11 @@ class MetaNF:
         if args.act == "zero":
             return self.actor.act(obs, z)
         if args.act == "sample":
-            return self.policy_action(obs, z, torch.randn(n, self.act_dim, generator=generator, device=obs.device))
+            return self.action_from_latent(obs, z, torch.randn(n, self.act_dim, generator=generator, device=obs.device))
         draws = torch.randn(args.act_samples, n, self.act_dim, generator=generator, device=obs.device)
         x = torch.cat([torch.zeros_like(draws[:1]), draws])
         obs, z = obs.expand(len(x), -1, -1), z.expand(len(x), -1, -1)
-        actions = self.policy_action(obs, z, x)
+        actions = self.action_from_latent(obs, z, x)
         best = torch.min(self.qf1(obs, actions, z), self.qf2(obs, actions, z)).argmax(0)  # (n, 1), first maximum
         return actions.gather(0, best[None].expand(1, -1, self.act_dim))[0]
 

@@ -183,9 +183,10 @@ def test_sampled_evaluation_actions_are_seeded_and_reproducible(flow):
     torch.testing.assert_close(first, again)
     assert not torch.allclose(first, other) and not torch.allclose(first, agent.actor.act(obs, z))
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(first, agent.policy_action(obs, z, x))  # the action of the generator's latent
+    torch.testing.assert_close(first, agent.action_from_latent(obs, z, x))  # the action of the generator's latent
     agent.args.act = "zero"
-    torch.testing.assert_close(agent.evaluation_action(obs, z, None), agent.policy_action(obs, z, torch.zeros(6, 2)))
+    zero_latent = agent.action_from_latent(obs, z, torch.zeros(6, 2))
+    torch.testing.assert_close(agent.evaluation_action(obs, z, None), zero_latent)
 
 
 @pytest.mark.parametrize("flow", [True, False])
@@ -202,7 +203,7 @@ def test_best_of_n_never_picks_a_lower_q_than_the_zero_latent(flow):
         assert (min_q(chosen) >= min_q(zero) - 1e-6).all()
         assert (min_q(chosen) > min_q(zero) + 1e-6).any()  # and it does improve somewhere
         draws = torch.randn(8, 200, 2, generator=torch.Generator().manual_seed(0))
-        best_draw = torch.stack([min_q(agent.policy_action(obs, z, x)) for x in draws]).max(0).values
+        best_draw = torch.stack([min_q(agent.action_from_latent(obs, z, x)) for x in draws]).max(0).values
         torch.testing.assert_close(min_q(chosen), torch.maximum(best_draw, min_q(zero)))
 
 
@@ -221,7 +222,7 @@ def test_actor_diagnostics_measure_each_terms_pull_without_touching_training():
         # by hand: the BC term's gradient at the same z and latent, and the squared distance of that action
         z = metanf.masked_mean(agent.context_codes(metanf.transition_inputs(context)), mask)[:, None].expand(-1, 8, -1)
         x = torch.randn(3, 8, 2, generator=torch.Generator().manual_seed(7))
-        pi = agent.policy_action(batch["observations"], z, x)
+        pi = agent.action_from_latent(batch["observations"], z, x)
         bc = (-agent.actor.log_prob(batch["observations"], z, batch["actions"]).mean() if flow
               else ((pi - batch["actions"]) ** 2).mean())
         grads = torch.autograd.grad(bc, list(agent.actor.parameters()), allow_unused=True)
