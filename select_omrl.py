@@ -4,6 +4,7 @@
 # https://github.com/MoreanP/CSRO, the TD3+BC backbone GENTLE's (https://github.com/LAMDA-RL/GENTLE).
 # Docs, and every choice the 3-page paper leaves open: docs/select.md
 import datetime
+import importlib.util
 import math
 import os
 import random
@@ -69,13 +70,11 @@ class Args:
     device: str = "auto"
     """torch device; auto: cuda when available"""
     save_model: bool = True
-    """save a checkpoint (every network, optimizer, random state and the normalization statistics) at each evaluation,
-    every --checkpoint-every steps and when Ctrl-C or SIGTERM stops the run"""
+    """save checkpoint.pt at each evaluation, every --checkpoint-every steps and when stopped (Ctrl-C, SIGTERM)"""
     checkpoint_every: int = 5_000
     """gradient steps between checkpoints besides those of the evaluations"""
     capture_video: bool = False
-    """at the final evaluation, record zero-shot episodes under {run_dir}/videos/ (MuJoCo: MP4s of 2 train and 2 test
-    tasks, needs imageio-ffmpeg and, without a display, MUJOCO_GL=egl or osmesa; point-robot: a picture per task)"""
+    """at the final evaluation, record zero-shot episodes under {run_dir}/videos/ (MuJoCo MP4s: see README.md)"""
     checkpoint: Optional[str] = None
     """a checkpoint.pt to resume training from, or to evaluate with --eval-only"""
     eval_only: bool = False
@@ -691,9 +690,7 @@ def check_args(args: Args):
         if not os.environ.get("MUJOCO_GL") and not os.environ.get("DISPLAY"):
             fail("--capture-video: this machine has no display; render offscreen with MUJOCO_GL=egl (libEGL, e.g. apt-get "
                  "install libegl1) or MUJOCO_GL=osmesa (apt-get install libosmesa6) before the command")
-        try:
-            import imageio_ffmpeg  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("imageio_ffmpeg") is None:
             fail("--capture-video: writing MP4 needs imageio-ffmpeg; install it with: python -m pip install imageio-ffmpeg")
     for field in fields(Args):
         value, valid = getattr(args, field.name), ARG_RANGES.get(field.name)
@@ -721,11 +718,9 @@ def parse_args(argv: list) -> tuple:
     if args.checkpoint is None:
         return resolve_unset(args), None
     path = args.checkpoint
-    if not os.path.exists(path):
-        fail(f"--checkpoint {path}: no such file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or not a torch file
+    except Exception as e:  # missing, truncated or not a torch file
         fail(f"--checkpoint {path}: not a readable checkpoint ({type(e).__name__}: {e})")
     found = checkpoint.get("algorithm") if isinstance(checkpoint, dict) else None
     if found != ALGORITHM:
