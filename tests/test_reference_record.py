@@ -3,7 +3,8 @@ recorded evaluation returns and the final checkpoint's network tensors (their su
 
 A refactoring that leaves the computation alone passes; a real change of computation moves these numbers far more
 than the tolerance, which only absorbs another CPU's rounding. After a deliberate change of an algorithm, record
-again (`python tests/test_reference_record.py --write`) and say why in the commit message."""
+again (`python tests/test_reference_record.py --write`) and say why in the commit message; before and after a change
+meant to leave the computation alone, `python tests/test_reference_record.py --exact` compares bit for bit."""
 import glob
 import json
 import os
@@ -74,23 +75,33 @@ def test_computation_matches_the_record(data_dir, tmp_path, script):
         assert measured["tensors"][key][1] == pytest.approx(squares, rel=RELATIVE_TOLERANCE, abs=1e-5), key
 
 
-if __name__ == "__main__":  # python tests/test_reference_record.py --write
-    if sys.argv[1:] != ["--write"]:
-        raise SystemExit("usage: python tests/test_reference_record.py --write   (records the current computation)")
+if __name__ == "__main__":
+    # --write: record the current computation; --exact: compare with the record bit for bit (== instead of the test's
+    # tolerance), the check that a refactoring on this machine changed nothing
+    if sys.argv[1:] not in (["--write"], ["--exact"]):
+        raise SystemExit("usage: python tests/test_reference_record.py --write | --exact")
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "data")
         os.makedirs(data)
         command = [sys.executable, os.path.join(ROOT, "collect_data.py"), "--env", "point-robot", "--n-tasks", "4",
                    "--n-train", "2", "--out-dir", data, "--sac-steps", "300", "--learning-starts", "100", "--batch-size",
                    "32", "--num-trajectories", "6", "--random-episodes", "1", "--log-every", "300"]
-        subprocess.run(command, cwd=data, check=True, capture_output=True)
+        subprocess.run(command, cwd=data, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         record = {}
         for script in SCRIPTS:
             cwd = os.path.join(tmp, script)
             os.makedirs(cwd)
             record[script] = measure(script, data, cwd)
             print(script, record[script]["returns"], flush=True)
-    with open(RECORD + ".tmp", "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-    os.replace(RECORD + ".tmp", RECORD)
-    print(f"wrote {RECORD}")
+    if sys.argv[1] == "--exact":
+        with open(RECORD) as f:
+            recorded = json.load(f)
+        different = [script for script in SCRIPTS if record[script] != recorded[script]]
+        if different:
+            raise SystemExit(f"different from the record: {', '.join(different)}")
+        print("identical to the record")
+    else:
+        with open(RECORD + ".tmp", "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+        os.replace(RECORD + ".tmp", RECORD)
+        print(f"wrote {RECORD}")
