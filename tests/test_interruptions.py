@@ -2,7 +2,6 @@
 benchmark.py never reuses a run made with other settings, and stopping it stops its runs."""
 import dataclasses
 import glob
-import json
 import math
 import os
 import signal
