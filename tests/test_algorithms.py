@@ -190,13 +190,19 @@ def test_same_seed_same_results(trained, data_dir, tmp_path):
     assert first == second
 
 
-def test_interrupted_run_resumes_in_its_folder_like_an_uninterrupted_run(trained, data_dir, tmp_path):
-    run("unicorn", tmp_path, *[a if a != "40" else "20" for a in TINY], "--data-dir", data_dir)
-    (run_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__unicorn__0__*"))
+def interrupted_unicorn_run(cwd, data_dir) -> tuple:
+    """A TINY unicorn run in cwd stopped after its step-20 checkpoint: (its folder, the checkpoint's path and content)."""
+    run("unicorn", cwd, *[a if a != "40" else "20" for a in TINY], "--data-dir", data_dir)
+    (run_dir,) = glob.glob(str(cwd / "runs" / "point-robot__unicorn__0__*"))
     path = os.path.join(run_dir, "checkpoint.pt")
     checkpoint = torch.load(path, weights_only=False)
     checkpoint["args"]["total_steps"] = 40  # as if a 40-step run had stopped after its step-20 checkpoint
     torch.save(checkpoint, path)
+    return run_dir, path, checkpoint
+
+
+def test_interrupted_run_resumes_in_its_folder_like_an_uninterrupted_run(trained, data_dir, tmp_path):
+    run_dir, path, checkpoint = interrupted_unicorn_run(tmp_path, data_dir)
     (tmp_path / "elsewhere").mkdir()
     run("unicorn", tmp_path / "elsewhere", *TINY, "--data-dir", data_dir, "--checkpoint", path)
     assert not (tmp_path / "elsewhere" / "runs").exists()  # it went on in its own folder

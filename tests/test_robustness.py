@@ -13,7 +13,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from common.datasets import task_file  # noqa: E402
-from test_algorithms import SCRIPTS, TINY, load_results, run, tiny  # noqa: E402
+from test_algorithms import SCRIPTS, TINY, interrupted_unicorn_run, load_results, run, tiny  # noqa: E402
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -60,12 +60,7 @@ def test_a_run_resumed_from_only_its_checkpoint_is_the_uninterrupted_run(data_di
     (tmp_path / "straight").mkdir()
     run("unicorn", tmp_path / "straight", *TINY, "--data-dir", data_dir)
     (straight,) = glob.glob(str(tmp_path / "straight" / "runs" / "point-robot__unicorn__0__*"))
-    run("unicorn", tmp_path, *[a if a != "40" else "20" for a in TINY], "--data-dir", data_dir)
-    (run_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__unicorn__0__*"))
-    path = os.path.join(run_dir, "checkpoint.pt")
-    checkpoint = torch.load(path, weights_only=False)
-    checkpoint["args"]["total_steps"] = 40  # as if a 40-step run had stopped after its step-20 checkpoint
-    torch.save(checkpoint, path)
+    run_dir, path, _ = interrupted_unicorn_run(tmp_path, data_dir)
     run("unicorn", tmp_path / "straight", "--checkpoint", path)  # nothing else: every argument comes from the run
     resumed, uninterrupted = load_results(run_dir), load_results(straight)
     assert resumed["step"] == 40 == uninterrupted["step"]
