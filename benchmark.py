@@ -525,12 +525,28 @@ def column_data(runs: dict) -> dict:
     return out
 
 
+def default_rule_values(results: dict, settings: dict) -> dict:
+    """The values the run's script gives its arguments whose default depends on other ones (e.g. GENTLE's --dynamics-seed
+    = --seed), from the run's other settings; {} where the script or its arguments cannot be read."""
+    try:
+        module = script_module(os.path.join(ROOT, f"{results['algorithm']}.py"))
+        unset = {f.name: None for f in module.fields(module.Args) if f.default is None}
+        return asdict(module.resolve_unset(module.Args(**{**settings, **unset})))
+    except (KeyError, TypeError, ImportError):
+        return {}
+
+
 def column_problems(runs: dict) -> list:
-    """How the runs of one column differ from each other: an argument that changes the result, or the data."""
+    """How the runs of one column differ from each other: an argument that changes the result (unless every run has the
+    value its default rule gives it from the run's other settings, as GENTLE's --dynamics-seed from --seed), or the data."""
     data = column_data(runs)
     names = sorted(set().union(*(settings for settings, _ in data.values())))
+    differing = [k for k in names if len({json.dumps(v[0].get(k)) for v in data.values()}) > 1]
+    if differing:
+        rules = {seed: default_rule_values(results, {**data[seed][0], "seed": seed}) for seed, (_, results) in runs.items()}
+        differing = [k for k in differing if not all(k in rules[s] and rules[s][k] == v[0].get(k) for s, v in data.items())]
     problems = [f"--{k.replace('_', '-')}: " + ", ".join(f"seed {s} {v[0].get(k)!r}" for s, v in data.items())
-                for k in names if len({json.dumps(v[0].get(k)) for v in data.values()}) > 1]
+                for k in differing]
     if len({fingerprint for _, fingerprint in data.values()}) > 1:
         problems.append("data: " + ", ".join(f"seed {s} {v[1]}" for s, v in data.items()))
     return problems

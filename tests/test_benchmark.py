@@ -321,6 +321,19 @@ def test_a_page_records_the_data_of_its_runs(tmp_path):
     assert benchmark.page_inputs(page)["focal"]["data"] == ["expert, task seed 1337, data 020f0d4e6edab635"]
 
 
+def test_a_column_accepts_a_default_that_follows_the_seed_and_refuses_a_given_one_that_differs(tmp_path):
+    runs, out = str(tmp_path / "runs"), str(tmp_path / "results")
+    for seed in (0, 1):  # GENTLE's --dynamics-seed is --seed unless given: seed by seed, one setting
+        write_run(runs, "point-robot", "gentle", seed, 5, -10.0, -15.0)
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=out, plots=False))
+    write_run(runs, "point-robot", "gentle", 2, 5, -10.0, -15.0, flags=("--dynamics-seed", "0"))  # a shared fit
+    with pytest.raises(SystemExit, match=r"column gentle were made with different settings or data \(--dynamics-seed: "
+                                         r"seed 0 0, seed 1 1, seed 2 0\)"):
+        benchmark.report(benchmark.Report(runs_dir=runs, out_dir=out, plots=False, force=True))
+    write_run(runs, "point-robot", "gentle", 1, 6, -10.0, -15.0, flags=("--dynamics-seed", "0"))
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=out, plots=False, force=True))  # every seed: fit 0
+
+
 def test_report_never_mixes_budgets(tmp_path):
     runs = str(tmp_path / "runs")
     for seed in (0, 1, 2):
