@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date
 from typing import List, Optional
 
@@ -242,7 +242,7 @@ def command_settings(argv: list, resolve: bool = True) -> tuple:
             args = module.resolve_unset(tyro.cli(module.Args, args=flags, default=family))
     except (SystemExit, KeyError):
         raise SystemExit(f"error: the script rejects the arguments of `{shlex.join(argv)}`")
-    names = {f.name for f in module.fields(module.Args)}
+    names = {f.name for f in fields(module.Args)}
     given = set()
     for token in flags:
         if token.startswith("--"):
@@ -530,7 +530,7 @@ def default_rule_values(results: dict, settings: dict) -> dict:
     = --seed), from the run's other settings; {} where the script or its arguments cannot be read."""
     try:
         module = script_module(os.path.join(ROOT, f"{results['algorithm']}.py"))
-        unset = {f.name: None for f in module.fields(module.Args) if f.default is None}
+        unset = {f.name: None for f in fields(module.Args) if f.default is None}
         return asdict(module.resolve_unset(module.Args(**{**settings, **unset})))
     except (KeyError, TypeError, ImportError):
         return {}
@@ -804,7 +804,7 @@ def report(args: Report):
         if os.path.exists(page) and not args.force and page_inputs(page) != inputs:
             raise SystemExit(f"error: {page} was made from other runs (columns, seeds, budgets or data) than these; "
                              "pass --force to overwrite it, or --out-dir another folder")
-        # the second line: the report's own arguments, with which the page is made again (tests/test_benchmark.py does)
+        # the second line: the report's own arguments, with which the page is made again (tests/test_results_pages.py does)
         made_by = {k: v for k, v in asdict(args).items() if k not in ("out_dir", "force")}
         text = (f"<!-- inputs: {json.dumps(inputs, sort_keys=True)} -->\n<!-- report: {json.dumps(made_by)} -->\n"
                 + env_report(env, cells, args.command, args.paper, comparisons, args.note))
@@ -960,14 +960,14 @@ def speed(args: Speed):
         agent = agent_class(obs_dim, act_dim, algo_args, device)
         m, bsz, ctx = algo_args.meta_batch_size, algo_args.batch_size, algo_args.context_size
 
-        def fields(rows):
+        def random_fields(rows):
             return {"observations": torch.randn(m, rows, obs_dim, device=device),
                     "actions": torch.rand(m, rows, act_dim, device=device) * 2 - 1,
                     "rewards": torch.randn(m, rows, 1, device=device),
                     "next_observations": torch.randn(m, rows, obs_dim, device=device),
                     "terminations": torch.zeros(m, rows, 1, device=device)}
 
-        batch, context, mask = fields(bsz), fields(ctx), torch.ones(m, ctx, 1, device=device)
+        batch, context, mask = random_fields(bsz), random_fields(ctx), torch.ones(m, ctx, 1, device=device)
         task_idx = torch.randint(10, (m,), device=device)
         for _ in range(10):
             agent.update(batch, context, mask, task_idx)
