@@ -526,12 +526,14 @@ def column_data(runs: dict) -> dict:
 
 
 def default_rule_values(results: dict, settings: dict) -> dict:
-    """The values the run's script gives its arguments whose default depends on other ones (e.g. GENTLE's --dynamics-seed
-    = --seed), from the run's other settings; {} where the script or its arguments cannot be read."""
+    """The values the run's script gives its arguments whose default depends on other ones (those whose default is None,
+    e.g. GENTLE's --dynamics-seed = --seed), from the run's other settings; {} where the script or its arguments cannot be
+    read."""
     try:
         module = script_module(os.path.join(ROOT, f"{results['algorithm']}.py"))
         unset = {f.name: None for f in fields(module.Args) if f.default is None}
-        return asdict(module.resolve_unset(module.Args(**{**settings, **unset})))
+        resolved = asdict(module.resolve_unset(module.Args(**{**settings, **unset})))
+        return {name: resolved[name] for name in unset}
     except (KeyError, TypeError, ImportError):
         return {}
 
