@@ -1,6 +1,9 @@
 """The scripts under results/ that turn logs into the numbers of a results page."""
+import glob
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -8,6 +11,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAC_CURVE = os.path.join(ROOT, "results", "tools", "sac_curve.py")
+REPLAY = os.path.join(ROOT, "results", "tools", "replay_fingerprint.py")
 
 
 def load(path):
@@ -170,3 +174,45 @@ Machine: here.
     assert without_runtime.rstrip().endswith("| train | -1.00 ± 0.00 (n=5) |")  # the new section at the end
     with pytest.raises(SystemExit, match="not in the Runtime table"):
         merge_columns.merge(TARGET_PAGE, SOURCE_PAGE.replace("| metanf | 5 |", "| other | 5 |"), [("metanf", "m")])
+
+
+def test_replay_fingerprint_backfills_only_runs_it_reproduces(data_dir, tmp_path):
+    """An archived csro run and an evaluation of its checkpoint, both without the data fingerprint (as runs made before
+    results.json recorded it), and a copy of the run whose args.json points at data that differ in one reward: the
+    replay writes the fingerprint into the first two and leaves the third as it was."""
+    import numpy as np
+    from test_algorithms import load_results, run, tiny
+
+    run("csro", tmp_path, *tiny("csro"), "--total-steps", "20", "--log-every", "10", "--data-dir", data_dir)
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__csro__0__*"))
+    run("csro", tmp_path, "--eval-only", "--checkpoint", os.path.join(run_dir, "checkpoint.pt"), "--data-dir", data_dir,
+        "--eval-episodes", "1")
+    (eval_dir,) = glob.glob(str(tmp_path / "runs" / "point-robot__csro_eval__0__*"))
+    fingerprint = load_results(run_dir)["data_fingerprint"]
+    other_data = tmp_path / "other_data"
+    shutil.copytree(data_dir, other_data, ignore=shutil.ignore_patterns("runs"))
+    task = other_data / "point-robot" / "expert" / "task_00.npz"
+    arrays = dict(np.load(task))
+    arrays["rewards"][5] += 0.5
+    np.savez(task, **arrays)
+
+    archive = tmp_path / "archive"
+    for source, name in ((run_dir, os.path.basename(run_dir)), (eval_dir, os.path.basename(eval_dir)),
+                         (run_dir, "point-robot__csro__1__1")):
+        target = archive / name
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.pt"))
+        results = load_results(str(target))
+        del results["data_fingerprint"]
+        (target / "results.json").write_text(json.dumps(results))
+    settings = json.loads((archive / "point-robot__csro__1__1" / "args.json").read_text())
+    (archive / "point-robot__csro__1__1" / "args.json").write_text(json.dumps({**settings, "data_dir": str(other_data)}))
+
+    command = [sys.executable, REPLAY, "--runs-dir", str(archive), "--steps", "10", "--commit", "."]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "point-robot__csro__1__1: not reproduced" in result.stdout
+    for name in (os.path.basename(run_dir), os.path.basename(eval_dir)):
+        results = load_results(str(archive / name))
+        assert results["data_fingerprint"] == fingerprint
+        assert "losses logged at step 10 are bit-identical" in results["data_fingerprint_replay"]
+    assert "data_fingerprint" not in load_results(str(archive / "point-robot__csro__1__1"))
