@@ -3,8 +3,8 @@ recorded evaluation returns and the final checkpoint's network tensors (their su
 
 A refactoring that leaves the computation alone passes; a real change of computation moves these numbers far more
 than the tolerance, which only absorbs rounding. The record holds one entry per CPU vendor: the same code on an AMD and
-an Intel machine gives tiny data and 200-step runs that differ by more than rounding (relative 1e-4 to 2e-4 on some
-returns), as the point-robot data do (docs/collect_data.md). A run is compared with its own vendor's entry, or, on a
+an Intel machine gives tiny data and 200-step runs that differ by more than rounding (measured: relative 1e-4 to 2e-4
+on some returns and tensor sums of focal, metanf and gentle), as the point-robot data do (docs/collect_data.md). A run is compared with its own vendor's entry, or, on a
 vendor with none, must match one of the entries. After a deliberate change of an algorithm, record again on each
 vendor's machine (`python tests/test_reference_record.py --write` writes this machine's entry) and say why in the commit
 message; before and after a change meant to leave the computation alone, `python tests/test_reference_record.py

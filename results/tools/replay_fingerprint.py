@@ -135,7 +135,7 @@ if __name__ == "__main__":
             with open(os.path.join(run_dir, "args.json")) as f:
                 settings = json.load(f)
             fingerprint = benchmark.data_fingerprint({**settings, "data_dir": os.path.join(ROOT, settings["data_dir"])})
-            evaluations = [d for other, (d, r) in runs.items() if "data_fingerprint" not in r
+            evaluations = [d for d, r in runs.values() if "data_fingerprint" not in r
                            and os.path.basename(os.path.dirname(r.get("checkpoint") or "")) == name]
             print(f"{run_dir}: {note}; data {fingerprint}" + (f"; and {len(evaluations)} evaluations of it" if evaluations else ""))
             if not args.dry_run:
