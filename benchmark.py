@@ -616,6 +616,21 @@ def paired_differences(env: str, cells: dict, comparisons: list) -> list:
     return lines + [""]
 
 
+def runs_machines(env: str, cells: dict, algos: list) -> str:
+    """The machines the page's training runs measured their wall time on, as their results.json record it (the scripts
+    write it since 2026-12-07), never the machine that makes the page."""
+    machines = {}
+    for a in algos:
+        for seed, (_, results) in sorted(cells[(env, a)].items()):
+            if "checkpoint" not in results:
+                machines.setdefault(results.get("machine"), []).append(f"{a} {seed}")
+    known = [f"{machine} ({len(runs)} runs)" if len(machines) > 1 else machine
+             for machine, runs in sorted((m, r) for m, r in machines.items() if m is not None)]
+    if None in machines:
+        known.append(f"not recorded by {len(machines[None])} runs (made before results.json held it)")
+    return "Machine: " + "; ".join(known) + "."
+
+
 def env_report(env: str, cells: dict, command: str, paper: bool = True, comparisons: tuple = (), note: str = "") -> str:
     algos = [exp for e, exp in cells if e == env]
     lines = [f"# {env}", "", *([note, ""] if note else []),
@@ -670,9 +685,8 @@ def env_report(env: str, cells: dict, command: str, paper: bool = True, comparis
         minutes = np.mean([r["wall_time"] for r in runs]) / 60
         updates_per_second = np.mean([r["total_steps"] / r["wall_time"] for r in runs])
         lines.append(f"| {a} | {len(runs)} | {runs[0]['total_steps']:,} | {minutes:.1f} | {updates_per_second:.1f} |")
-    machine = f"{platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
     lines += ["", "Wall time: of the whole run, evaluations included (a resumed run's segments added up); "
-              "updates/s: gradient steps / wall time.", "", f"Machine: {machine}.", ""]
+              "updates/s: gradient steps / wall time.", "", runs_machines(env, cells, algos), ""]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ import datetime
 import importlib.util
 import math
 import os
+import platform
 import random
 import signal
 import sys
@@ -667,6 +668,17 @@ def evaluate_proximal(agent, envs, args, obs_mean, obs_std, device) -> dict:
     return {"score": scored[:, :, -1].mean(1), "online": online.mean(1), "by_episode": scored.mean(1)}
 
 
+def machine_description(device: torch.device) -> str:
+    """Where the run's wall time was measured (results.json): the processor or GPU, the CPU count and the platform."""
+    processor = platform.processor() or platform.machine()
+    if device.type == "cuda":
+        processor = torch.cuda.get_device_name(device)
+    elif os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            processor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), processor)
+    return f"{processor}, {os.cpu_count()} CPU cores, {platform.platform()}"
+
+
 def fail(message: str):
     """A bad argument: one line that names it, and exit code 2 (argparse's and tyro's convention)."""
     print(f"error: {message}", file=sys.stderr)
@@ -874,6 +886,7 @@ if __name__ == "__main__":
             evaluation_time, evaluations = evaluation_time + time.time() - evaluation_start, evaluations + 1
             results["wall_time"] = earlier_wall_time + time.time() - start_time  # of the whole run, resumed or not
             results["updates_per_second"] = (step - start_step) / (time.time() - start_time)
+            results["machine"] = machine_description(device)
         if args.save_model and (evaluated or step % args.checkpoint_every == 0 or stop_signal):
             state = {"algorithm": ALGORITHM, "args": asdict(args), "step": step, "agent": agent.state_dict(),
                      "obs_mean": obs_mean, "obs_std": obs_std, "data_fingerprint": data_fingerprint,

@@ -2,6 +2,7 @@ import glob
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 
@@ -106,6 +107,8 @@ def test_smoke_outputs(trained, script):
         # point-robot rewards are negative distances: a 20-step return lies in (-20 * 2.9, 0)
         assert all(-58 < r < 0 for r in per_task)
     assert results["zero_shot"]["test"]["mean"] == pytest.approx(events.Scalars("eval/zero_shot/test_return")[-1].value)
+    # the machine the wall time was measured on, for the report's runtime table
+    assert results["wall_time"] > 0 and results["machine"].endswith(f", {os.cpu_count()} CPU cores, {platform.platform()}")
     checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
     assert checkpoint["algorithm"] == script and checkpoint["step"] == 40 and checkpoint["args"]["env"] == "point-robot"
     assert {"actor", "qf1", "qf2", "qf1_target", "qf2_target", "actor_target", "encoder", "actor_optimizer",

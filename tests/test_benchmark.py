@@ -1,5 +1,6 @@
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -184,6 +185,25 @@ def test_report_aggregates_mean_and_population_std(tmp_path):
     lines = (tmp_path / "only" / "point-robot.md").read_text().splitlines()
     header = next(line for line in lines if line.startswith("| task set"))
     assert header == "| task set | unicorn | focal |"
+
+
+def test_report_names_the_machines_the_runs_ran_on_not_its_own(tmp_path):
+    runs = str(tmp_path / "runs")
+    for seed, machine in enumerate(["CPU A, 2 CPU cores, Linux-1", "CPU A, 2 CPU cores, Linux-1", "GPU B, 16 CPU cores, Linux-2"]):
+        run_dir = write_run(runs, "point-robot", "focal", seed, 5, -10.0, -15.0)
+        with open(os.path.join(run_dir, "results.json")) as f:
+            results = json.load(f)
+        with open(os.path.join(run_dir, "results.json"), "w") as f:
+            json.dump({**results, "machine": machine}, f)
+    write_run(runs, "point-robot", "unicorn", 0, 5, -9.0, -14.0)  # made before results.json held the machine
+    write_run(runs, "point-robot", "unicorn-no-selection_eval", 0, 6, -9.0, -14.0, checkpoint="x/checkpoint.pt")
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "results"), plots=False))
+    text = (tmp_path / "results" / "point-robot.md").read_text()
+    assert ("Machine: CPU A, 2 CPU cores, Linux-1 (2 runs); GPU B, 16 CPU cores, Linux-2 (1 runs); not recorded by 1 runs "
+            "(made before results.json held it).") in text  # the evaluation-only run measured no training time
+    assert platform.platform() not in text
+    benchmark.report(benchmark.Report(runs_dir=runs, out_dir=str(tmp_path / "focal"), plots=False, exps=["focal"]))
+    assert "Machine: CPU A, 2 CPU cores, Linux-1 (2 runs); GPU B" in (tmp_path / "focal" / "point-robot.md").read_text()
 
 
 def test_report_gives_an_online_protocol_its_own_table(tmp_path):
