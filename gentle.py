@@ -138,7 +138,7 @@ class Args:
     ensemble_size: int = 7
     """dynamics models per training task"""
     ensemble_hidden_dim: int = 64
-    """width of a dynamics model's hidden (Swish) layers, 2 for reward families, 3 for hopper/walker (256; 64 for point-robot)"""
+    """width of a dynamics model's 2 (reward families) or 3 (hopper/walker) Swish layers (256; 64 for point-robot)"""
     ensemble_lr: float = 1e-3
     """learning rate of the dynamics models"""
     ensemble_batch_size: int = 256
