@@ -37,8 +37,7 @@ ARG_RANGES = {
     "n_train": "[1, inf)", "meta_batch_size": "[1, inf)", "batch_size": "[1, inf)", "context_size": "[1, inf)",
     "few_shot_context": "[1, inf)", "latent_dim": "[1, inf)", "hidden_dim": "[1, inf)", "encoder_hidden_dim": "[1, inf)",
     "lr": "(0, inf)", "gamma": "[0, 1]", "tau": "(0, 1]", "reward_scale": "(0, inf)", "alpha": "[0, inf)",
-    "policy_noise": "[0, inf)", "noise_clip": "[0, inf)", "policy_frequency": "[1, inf)",
-    "focal_weight": "[0, inf)",
+    "policy_noise": "[0, inf)", "noise_clip": "[0, inf)", "policy_frequency": "[1, inf)", "focal_weight": "[0, inf)",
 }
 VIDEO_TASKS = 2  # --capture-video on a MuJoCo family: the first train and test tasks recorded
 
@@ -383,10 +382,8 @@ def capture_video(agent, task_sets, args, obs_mean, obs_std, device, run_dir, wr
 
 def machine_description(device: torch.device) -> str:
     """Where the run's wall time was measured (results.json): the processor or GPU, the CPU count and the platform."""
-    processor = platform.processor() or platform.machine()
-    if device.type == "cuda":
-        processor = torch.cuda.get_device_name(device)
-    elif os.path.exists("/proc/cpuinfo"):
+    processor = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    if device.type != "cuda" and os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             processor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), processor)
     return f"{processor}, {os.cpu_count()} CPU cores, {platform.platform()}"

@@ -689,10 +689,8 @@ def evaluate_one_shot(agent, envs, args, obs_mean, obs_std, device) -> np.ndarra
 
 def machine_description(device: torch.device) -> str:
     """Where the run's wall time was measured (results.json): the processor or GPU, the CPU count and the platform."""
-    processor = platform.processor() or platform.machine()
-    if device.type == "cuda":
-        processor = torch.cuda.get_device_name(device)
-    elif os.path.exists("/proc/cpuinfo"):
+    processor = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    if device.type != "cuda" and os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             processor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), processor)
     return f"{processor}, {os.cpu_count()} CPU cores, {platform.platform()}"

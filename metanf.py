@@ -324,10 +324,8 @@ class Encoder(nn.Module):
 
     def forward(self, transitions, sample_noise: bool):
         mean = self.net(transitions)
-        if not sample_noise:
-            return torch.tanh(mean)
         std = self.noise_logvar.exp().clamp(0.1, 10.0).sqrt()
-        return torch.tanh(mean + std * torch.randn_like(mean))
+        return torch.tanh(mean + std * torch.randn_like(mean) if sample_noise else mean)
 
 
 class GaussianHead(nn.Module):
@@ -411,12 +409,10 @@ class MetaNF:
         self.actor_log = {}  # the latest actor-step losses, logged on every step
 
     def representation_loss(self, context, mask, task_idx) -> tuple:
-        codes = self.encoder(transition_inputs(context), sample_noise=True)
-        z = masked_mean(codes, mask)
+        z = masked_mean(self.encoder(transition_inputs(context), sample_noise=True), mask)
         recon_loss = masked_mean(self.decoder.nll(z[:, None], context)[..., None], mask).mean() + self.decoder.bound_loss()
         focal_loss = focal_distance_loss(z, task_idx)
-        loss = recon_loss + self.args.beta * focal_loss
-        return loss, z, {"losses/recon_loss": recon_loss, "losses/focal_loss": focal_loss}
+        return recon_loss + self.args.beta * focal_loss, z, {"losses/recon_loss": recon_loss, "losses/focal_loss": focal_loss}
 
     def update(self, batch: dict, context: dict, mask: torch.Tensor, task_idx: torch.Tensor) -> dict:
         args = self.args
@@ -658,10 +654,8 @@ def capture_video(agent, task_sets, args, obs_mean, obs_std, device, run_dir, wr
 
 def machine_description(device: torch.device) -> str:
     """Where the run's wall time was measured (results.json): the processor or GPU, the CPU count and the platform."""
-    processor = platform.processor() or platform.machine()
-    if device.type == "cuda":
-        processor = torch.cuda.get_device_name(device)
-    elif os.path.exists("/proc/cpuinfo"):
+    processor = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    if device.type != "cuda" and os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             processor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), processor)
     return f"{processor}, {os.cpu_count()} CPU cores, {platform.platform()}"
