@@ -103,16 +103,24 @@ SOURCE_PAGE = """# point-robot
 
 | task set | metanf | metanf-no-selection_eval |
 |---|---|---|
+| gradient steps, data | 200,000, 3889cba0e12c7227 | 200,000, 3889cba0e12c7227 |
 | train | -11.00 ± 1.00 (n=5) | -12.00 ± 1.00 (n=5) |
 | test | -16.00 ± 1.00 (n=5) | -17.00 ± 1.00 (n=5) |
-| train (paper) | -10.11 ± 0.76 | -12.40 ± 0.59 |
-| test (paper) | -14.53 ± 0.81 | -17.38 ± 1.21 |
+| train (paper: 5 seeds, 200,000 steps, its own data) | -10.11 ± 0.76 | -12.40 ± 0.59 |
+| test (paper: 5 seeds, 200,000 steps, its own data) | -14.53 ± 0.81 | -17.38 ± 1.21 |
 
 | seed | metanf | metanf-no-selection_eval |
 |---|---|---|
 | 0 | -11.00 / -16.00 | -12.00 / -17.00 |
 | 3 | -10.50 / -15.50 | -11.50 / -16.50 |
 | 4 | -11.50 / -16.50 | -12.50 / -17.50 |
+
+## non-prior
+
+| task set | csro | metanf |
+|---|---|---|
+| gradient steps, data | 200,000, 3889cba0e12c7227 | 200,000, 3889cba0e12c7227 |
+| train | -10.82 ± 0.63 (n=5) | — |
 
 ## one-shot
 

@@ -1,11 +1,13 @@
 # Adds columns of one `benchmark.py report` page to another page of the same env, for a results page whose older runs
 # are gone (made before runs were archived), so that it cannot be generated again as a whole. Each table of the source
 # page's sections (zero-shot, few-shot, ...) gives the chosen columns to the table at the same place in the target page,
-# matched row by row on the first cell ("—" where one side has no such row); a section the target lacks is added
-# before "## Runtime" (at the end if there is none); the Runtime table gets the chosen columns' rows. Columns can be renamed on the way in
-# (--columns SRC=NEW) and the target's own columns renamed first (--rename OLD=NEW), e.g. when a rerun replaces a
-# column under the same experiment name. Run from the repository root, then add a provenance line to the page's
-# command block by hand:
+# matched row by row on the first cell, "train (paper: 5 seeds, ...)" matching "train (paper)" ("—" where one side has
+# no such row; a row the target lacks is added, except "gradient steps, data": give those in the provenance line). A column
+# that is "—" in every row of a table (a protocol its script lacks) is left out of that table; a section the target
+# lacks is added before "## Runtime" (at the end if there is none); the Runtime table gets the chosen columns' rows.
+# Columns can be renamed on the way in (--columns SRC=NEW) and the target's own columns renamed first (--rename
+# OLD=NEW), e.g. when a rerun replaces a column under the same experiment name. Run from the repository root, then add
+# a provenance line to the page's command block by hand:
 #   python results/tools/merge_columns.py --target results/200k/point-robot.md --source results/200k/metanf/point-robot.md \
 #     --columns metanf metanf-no-selection_eval --rename "metanf=metanf (tanh f(0))"
 import os
@@ -54,6 +56,10 @@ def row(values: list) -> str:
     return "| " + " | ".join(values) + " |"
 
 
+def key(cell: str) -> str:
+    return re.sub(r"\(paper[^)]*\)", "(paper)", cell)
+
+
 def pairs(specs: list) -> list:
     return [tuple(s.split("=", 1)) if "=" in s else (s, s) for s in specs]
 
@@ -85,14 +91,16 @@ def merge(target: str, source: str, columns: list, rename: list = (), source_nam
                     additions[last] = [row([new] + rows[c][1:]) for c, new in columns]
                 continue
             index = {c: j for j, c in enumerate(header)}
+            by_key = {key(cells(src[i])[0]): cells(src[i]) for i in table[2:]}
+            by_key.pop("gradient steps, data", None)  # the target's own header says its columns' steps and data
             chosen = [(c, new) for c, new in columns if c in index]
             found.update(c for c, _ in chosen)
+            chosen = [(c, new) for c, new in chosen if any(v[index[c]] != "—" for v in by_key.values())]
             if not chosen:
                 continue
-            by_key = {cells(src[i])[0]: cells(src[i]) for i in table[2:]}
             if title not in target_sections or k >= len(target_sections[title]):
                 block = [row([header[0]] + [new for _, new in chosen]), "|---" * (len(chosen) + 1) + "|"]
-                block += [row([key] + [values[index[c]] for c, _ in chosen]) for key, values in by_key.items()]
+                block += [row([values[0]] + [values[index[c]] for c, _ in chosen]) for values in by_key.values()]
                 new_sections.append((title, k, block))
                 continue
             rows = target_sections[title][k]
@@ -100,10 +108,10 @@ def merge(target: str, source: str, columns: list, rename: list = (), source_nam
             lines[rows[1]] = lines[rows[1]] + "---|" * len(chosen)
             width = len(cells(lines[rows[0]])) - len(chosen)
             for i in rows[2:]:
-                values = by_key.pop(cells(lines[i])[0], None)
+                values = by_key.pop(key(cells(lines[i])[0]), None)
                 lines[i] = lines[i].rstrip() + "".join(f" {values[index[c]] if values else '—'} |" for c, _ in chosen)
-            additions[rows[-1]] = [row([key] + ["—"] * (width - 1) + [values[index[c]] for c, _ in chosen])
-                                   for key, values in by_key.items()]
+            additions[rows[-1]] = [row([label] + ["—"] * (width - 1) + [values[index[c]] for c, _ in chosen])
+                                   for label, values in by_key.items()]
     missing = [c for c, _ in columns if c not in found]
     if missing:
         raise SystemExit(f"error: {missing} not a column of any table of {source_name}")
