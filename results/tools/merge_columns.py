@@ -4,7 +4,8 @@
 # matched row by row on the first cell, "train (paper: 5 seeds, ...)" matching "train (paper)" ("—" where one side has
 # no such row; a row the target lacks is added, except "gradient steps, data": give those in the provenance line). A
 # column that is "—" in every row of a table (a protocol its script lacks) is left out of that table; a section the
-# target lacks is added before "## Runtime" (at the end if there is none); the Runtime table gets the chosen columns' rows.
+# target lacks is added before "## Runtime" (at the end if there is none); the Runtime table gets the chosen
+# columns' rows.
 # Columns can be renamed on the way in (--columns SRC=NEW) and the target's own columns renamed first (--rename
 # OLD=NEW), e.g. when a rerun replaces a column under the same experiment name. Run from the repository root, then add
 # a provenance line to the page's command block by hand:
