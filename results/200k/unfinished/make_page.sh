@@ -9,7 +9,7 @@ python benchmark.py report --runs-dir results/200k/runs --envs point-robot --tot
   --command "# Every run: the 2-core Intel CPU, one thread a run, two runs at a time; a run cut by a session's end resumed from its
 # last checkpoint in its own folder (the same returns as an uncut run: tests/test_interruptions.py).
 python collect_data.py --env point-robot   # data 3889cba0e12c7227
-# focal, metanf-no-flow and metanf-no-flow-no-selection_eval: 2026-12-07 to 12-09, focal.py and metanf.py of commit be5c117
+# focal, metanf-no-flow and metanf-no-flow-no-selection_eval: 2026-12-07 to (date of the last run), focal.py and metanf.py of commit be5c117
 # (unchanged since); the focal grid and the metanf --no-flow loop ran beside each other.
 python benchmark.py run --algos focal --envs point-robot --seeds 0 1 2 3 4 --workers 1 --threads 1
 for seed in 0 1 2 3 4; do
